@@ -1,0 +1,101 @@
+"""`comfyq`: the operator's command line (migrate, run a worker, run the API, the demo, the embedded DB)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from comfyq.errors import ComfyqError
+from comfyq.logs import configure
+from comfyq.settings import PROJECT_ROOT, get_settings
+
+log = logging.getLogger("comfyq")
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from comfyq.connect import open_database  # noqa: PLC0415
+    from comfyq.migrate import migrate  # noqa: PLC0415
+
+    settings = get_settings()
+    db = open_database(settings, application_name="comfyq-migrate")
+    try:
+        applied = migrate(db, settings.sql_dir / "migrations")
+    finally:
+        db.close()
+    log.info("migrations applied: %s", ", ".join(applied) if applied else "none (up to date)",
+             extra={"action": "migrate"})
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from comfyq_worker.worker import main as worker_main  # noqa: PLC0415
+
+    argv = ["run"] + (["--burst"] if args.burst else []) + (
+        ["--max-jobs", str(args.max_jobs)] if args.max_jobs is not None else [])
+    return worker_main(argv)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """Run the API under gunicorn with the project's config (exec, so signals reach gunicorn directly)."""
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "webhook-api" / "gunicorn.conf.py"),
+            "--bind", args.bind, "comfyq_api.app:create_app()"]
+    os.execv(argv[0], argv)
+
+
+def cmd_db_url(_args: argparse.Namespace) -> int:
+    """Print the database URL, starting the embedded server when DATABASE_URL is unset."""
+    from comfyq.connect import database_url  # noqa: PLC0415
+
+    sys.stdout.write(database_url(get_settings()) + "\n")
+    return 0
+
+
+def cmd_db_stop(_args: argparse.Namespace) -> int:
+    from comfyq import embedded  # noqa: PLC0415
+
+    embedded.stop(get_settings().data_dir / "pg")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from comfyq.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(jobs=args.jobs, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyq", description="Batch job queue for ComfyUI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
+    worker = sub.add_parser("worker", help="run a worker against COMFYUI_URL")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--max-jobs", type=int, default=None)
+    worker.set_defaults(func=cmd_worker)
+    api = sub.add_parser("api", help="run the HTTP API under gunicorn")
+    api.add_argument("--bind", default="127.0.0.1:8000")
+    api.set_defaults(func=cmd_api)
+    sub.add_parser("db-url", help="print the database URL (starts the embedded server if needed)").set_defaults(
+        func=cmd_db_url)
+    sub.add_parser("db-stop", help="stop the embedded server").set_defaults(func=cmd_db_stop)
+    demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded defaults")
+    demo.add_argument("--jobs", type=int, default=20)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(get_settings().log_level)
+    try:
+        return int(args.func(args))
+    except ComfyqError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

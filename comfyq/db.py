@@ -1,0 +1,223 @@
+"""The database layer: the only module that imports psycopg2. Runs named queries from a pool of autocommit
+connections and maps driver errors to comfyq's own."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+import psycopg2.pool
+import psycopg2.sql
+
+from comfyq.errors import ConstraintViolation, DatabaseError, DatabaseUnavailable
+from comfyq.queries import load_queries
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Params = Mapping[str, Any] | None
+
+psycopg2.extensions.register_adapter(dict, psycopg2.extras.Json)
+
+
+def _map_error(exc: psycopg2.Error) -> DatabaseError:
+    """Translate a driver error so callers never catch psycopg2 types."""
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return DatabaseUnavailable(str(exc).strip() or exc.__class__.__name__)
+    if isinstance(exc, psycopg2.IntegrityError):
+        constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+        return ConstraintViolation(str(exc).strip(), constraint)
+    return DatabaseError(str(exc).strip())
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    try:
+        yield
+    except psycopg2.Error as exc:
+        raise _map_error(exc) from exc
+
+
+class Database:
+    """A thread-safe pool running the project's named queries. Create one per process, after fork."""
+
+    def __init__(self, url: str, sql_dir: Path, *, min_size: int = 1, max_size: int = 4,
+                 connect_timeout: int = 5, application_name: str = "comfyq") -> None:
+        self.url = url
+        self.queries = load_queries(sql_dir)
+        self._connect_kwargs = {"connect_timeout": connect_timeout, "application_name": application_name}
+        self._min = min_size
+        self._max = max_size
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        # Built lazily so a process can start while the database is still down and recover later.
+        with self._lock:
+            if self._pool is None:
+                with _mapped_errors():
+                    self._pool = psycopg2.pool.ThreadedConnectionPool(
+                        self._min, self._max, self.url, **self._connect_kwargs)
+            return self._pool
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        """An autocommit connection; a broken one is discarded rather than returned to the pool."""
+        pool = self._get_pool()
+        with _mapped_errors():
+            conn = pool.getconn()
+        broken = False
+        try:
+            if conn.closed:
+                broken = True
+                raise DatabaseUnavailable("connection closed")
+            conn.autocommit = True
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseUnavailable):
+            broken = True
+            raise
+        finally:
+            pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def sql(self, name: str) -> str:
+        try:
+            return self.queries[name]
+        except KeyError:
+            raise DatabaseError(f"no query named {name!r} in sql/queries") from None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One pooled connection for several statements (advisory locks, transactions)."""
+        with self.connection() as conn:
+            yield Session(self, conn)
+
+    def fetch_all(self, name: str, params: Params = None) -> list[Row]:
+        """Run a named query and return every row as a dict."""
+        with self.session() as session:
+            return session.fetch_all(name, params)
+
+    def fetch_one(self, name: str, params: Params = None) -> Row | None:
+        rows = self.fetch_all(name, params)
+        return rows[0] if rows else None
+
+    def execute(self, name: str, params: Params = None) -> int:
+        """Run a named statement; returns the affected row count."""
+        with self.session() as session:
+            return session.execute(name, params)
+
+    def ping(self) -> None:
+        """Raises DatabaseUnavailable unless a round trip succeeds."""
+        with _mapped_errors(), self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.closeall()
+                self._pool = None
+
+    def listener(self, channel: str) -> Listener:
+        return Listener(self.url, channel, self._connect_kwargs)
+
+
+class Session:
+    """Statements on one connection; autocommit unless inside transaction()."""
+
+    def __init__(self, db: Database, conn: psycopg2.extensions.connection) -> None:
+        self.db = db
+        self.conn = conn
+
+    def fetch_all(self, name: str, params: Params = None) -> list[Row]:
+        with _mapped_errors(), self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(self.db.sql(name), params or {})
+            return [dict(row) for row in cur.fetchall()] if cur.description else []
+
+    def execute(self, name: str, params: Params = None) -> int:
+        with _mapped_errors(), self.conn.cursor() as cur:
+            cur.execute(self.db.sql(name), params or {})
+            return int(cur.rowcount)
+
+    def execute_file(self, sql: str) -> None:
+        """Run the text of a SQL file (a migration), which may hold many statements."""
+        with _mapped_errors(), self.conn.cursor() as cur:
+            cur.execute(sql)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Everything inside commits together or not at all."""
+        with _mapped_errors():
+            self.conn.autocommit = False
+        try:
+            yield self
+            with _mapped_errors():
+                self.conn.commit()
+        except BaseException:
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.rollback()
+            raise
+        finally:
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.autocommit = True
+
+
+class Listener:
+    """A dedicated connection that LISTENs on a channel; wait() returns early when a notification arrives."""
+
+    def __init__(self, url: str, channel: str, connect_kwargs: Mapping[str, Any]) -> None:
+        self.url = url
+        self.channel = channel
+        self._connect_kwargs = dict(connect_kwargs)
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def _connect(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            with _mapped_errors():
+                conn = psycopg2.connect(self.url, **self._connect_kwargs)
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(self.channel)))
+            self._conn = conn
+        return self._conn
+
+    def wait(self, timeout: float, wake_fds: Sequence[int] = ()) -> bool:
+        """Block up to timeout seconds; True when woken by a notification. The timeout is the poll fallback;
+        a byte on any of wake_fds (a signal handler's pipe) ends the wait early."""
+        try:
+            conn = self._connect()
+            if conn.notifies:
+                conn.notifies.clear()
+                return True
+            ready, _, _ = select.select([conn, *wake_fds], [], [], max(0.0, timeout))
+            if conn not in ready:
+                return False
+            with _mapped_errors():
+                conn.poll()
+            woke = bool(conn.notifies)
+            conn.notifies.clear()
+            return woke
+        except DatabaseUnavailable:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+            self._conn = None
+
+
+def connect_once(url: str, connect_timeout: int = 5) -> psycopg2.extensions.connection:
+    """A single autocommit connection, for admin tasks (creating test databases)."""
+    with _mapped_errors():
+        conn = psycopg2.connect(url, connect_timeout=connect_timeout)
+        conn.autocommit = True
+        return conn

@@ -1,0 +1,167 @@
+"""The queue core: every job state transition, each one named query and one round trip."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from comfyq.db import Database, Row
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
+STATUSES = frozenset({"queued", "running"}) | TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a caller submits; the graph is already rendered and validated."""
+
+    graph: dict[str, Any]
+    workflow: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 3
+    tenant: str = "default"
+    timeout_seconds: int | None = None
+    deadline: datetime | None = None
+    run_at: datetime | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "graph": self.graph, "workflow": self.workflow, "params": self.params, "priority": self.priority,
+            "max_attempts": self.max_attempts, "tenant": self.tenant, "timeout_seconds": self.timeout_seconds,
+            "idempotency_key": self.idempotency_key, "callback_url": self.callback_url,
+        }
+        if self.deadline is not None:
+            row["deadline"] = self.deadline.isoformat()
+        if self.run_at is not None:
+            row["run_at"] = self.run_at.isoformat()
+        return row
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right of one worker to finish one attempt of one job; every write after claim is fenced by it."""
+
+    job_id: int
+    attempt: int
+    worker_id: str
+
+    def fence(self) -> dict[str, Any]:
+        return {"id": self.job_id, "attempt": self.attempt, "worker_id": self.worker_id}
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    lease: Lease
+    graph: dict[str, Any]
+    workflow: str | None
+    priority: int
+    max_attempts: int
+    timeout_seconds: int | None
+    row: Row
+
+    @property
+    def id(self) -> int:
+        return self.lease.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.lease.attempt
+
+
+class JobQueue:
+    """Postgres-backed queue operations shared by the API, the workers and the CLI."""
+
+    def __init__(self, db: Database, *, lease_seconds: float = 60.0) -> None:
+        self.db = db
+        self.lease_seconds = lease_seconds
+
+    # Submission ---------------------------------------------------------------------------------------
+    def enqueue(self, job: NewJob) -> Row:
+        return self.enqueue_many([job])[0]
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Row]:
+        """Insert all jobs in one statement (one round trip, one transaction); rows come back in input order."""
+        if not jobs:
+            return []
+        payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
+        return self.db.fetch_all("enqueue_jobs", {"jobs": payload})
+
+    # Worker side --------------------------------------------------------------------------------------
+    def claim(self, worker_id: str) -> ClaimedJob | None:
+        row = self.db.fetch_one("claim_job", {"worker_id": worker_id, "lease_seconds": self.lease_seconds})
+        if row is None:
+            return None
+        return ClaimedJob(
+            lease=Lease(row["id"], row["attempts"], worker_id), graph=row["graph"], workflow=row["workflow"],
+            priority=row["priority"], max_attempts=row["max_attempts"], timeout_seconds=row["timeout_seconds"],
+            row=row)
+
+    def renew(self, worker_id: str, leases: Iterable[Lease]) -> dict[int, bool]:
+        """Extend held leases. Returns {job id: cancel requested} for the leases still held; a missing id
+        means the lease was lost (rescued) and the worker must stop writing to that job."""
+        held = list(leases)
+        if not held:
+            return {}
+        rows = self.db.fetch_all("renew_leases", {
+            "worker_id": worker_id, "lease_seconds": self.lease_seconds,
+            "ids": [lease.job_id for lease in held], "attempts": [lease.attempt for lease in held]})
+        return {row["id"]: bool(row["cancel_requested"]) for row in rows}
+
+    def set_prompt_id(self, lease: Lease, prompt_id: str) -> bool:
+        return self.db.fetch_one("set_prompt_id", {**lease.fence(), "prompt_id": prompt_id}) is not None
+
+    def update_progress(self, lease: Lease, progress: float, current_node: str | None) -> bool:
+        value = min(1.0, max(0.0, progress))
+        return self.db.fetch_one(
+            "update_progress", {**lease.fence(), "progress": value, "current_node": current_node}) is not None
+
+    def complete(self, lease: Lease, outputs: list[dict[str, Any]]) -> bool:
+        """Mark the attempt succeeded; False when the lease was lost (another attempt owns the job)."""
+        return self.db.fetch_one("complete_job", {**lease.fence(), "outputs": json.dumps(outputs)}) is not None
+
+    def fail_attempt(self, lease: Lease, error: dict[str, Any], *, retryable: bool,
+                     delay_seconds: float) -> Row | None:
+        """Record a failed attempt: back to the queue after delay_seconds when retryable and attempts remain,
+        else failed. Returns the new status row, or None when the lease was lost."""
+        return self.db.fetch_one("fail_attempt", {
+            **lease.fence(), "error": json.dumps(error), "retryable": retryable,
+            "delay_seconds": max(0.0, delay_seconds)})
+
+    def release(self, lease: Lease, reason: str) -> bool:
+        """Hand the attempt back without counting it (shutdown)."""
+        return self.db.fetch_one("release_job", {**lease.fence(), "reason": reason}) is not None
+
+    def finish_canceled(self, lease: Lease) -> bool:
+        return self.db.fetch_one("finish_canceled_job", lease.fence()) is not None
+
+    # Any side -----------------------------------------------------------------------------------------
+    def cancel(self, job_id: int, tenant: str) -> Row | None:
+        """Cancel a queued job now, or flag a running one; None when the job is unknown or finished."""
+        return self.db.fetch_one("cancel_job", {"id": job_id, "tenant": tenant})
+
+    def get(self, job_id: int, tenant: str) -> Row | None:
+        return self.db.fetch_one("get_job", {"id": job_id, "tenant": tenant})
+
+    def logs(self, job_id: int) -> list[Row]:
+        return self.db.fetch_all("job_logs", {"id": job_id})
+
+    # Maintenance --------------------------------------------------------------------------------------
+    def rescue_expired(self, limit: int = 1000) -> list[Row]:
+        rows = self.db.fetch_all("rescue_expired_leases", {"limit": limit})
+        for row in rows:
+            log.warning("rescued job %s of worker %s -> %s", row["id"], row["worker_id"], row["status"],
+                        extra={"action": "rescue", "job_id": row["id"]})
+        return rows
+
+    def expire_overdue(self, limit: int = 1000) -> list[int]:
+        rows = self.db.fetch_all("expire_overdue_jobs", {"limit": limit})
+        return [row["id"] for row in rows]

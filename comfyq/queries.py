@@ -1,0 +1,42 @@
+"""Named SQL queries loaded from sql/queries/*.sql, so no SQL lives in Python code."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from comfyq.errors import ConfigurationError
+
+_HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*(?:--)?\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str, source: str = "<string>") -> dict[str, str]:
+    """Split a file on `-- name: x` headers; the query runs to the next header."""
+    queries: dict[str, str] = {}
+    headers = list(_HEADER.finditer(text))
+    for index, match in enumerate(headers):
+        end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+        body = text[match.end():end].strip()
+        name = match.group(1)
+        if not body:
+            raise ConfigurationError(f"{source}: query {name!r} is empty")
+        if name in queries:
+            raise ConfigurationError(f"{source}: query {name!r} is defined twice")
+        queries[name] = body
+    return queries
+
+
+@lru_cache(maxsize=4)
+def load_queries(sql_dir: Path) -> dict[str, str]:
+    """All named queries of the project, keyed by name; duplicate names across files are an error."""
+    queries: dict[str, str] = {}
+    files = sorted((sql_dir / "queries").glob("*.sql"))
+    if not files:
+        raise ConfigurationError(f"no query files under {sql_dir / 'queries'}")
+    for path in files:
+        for name, body in parse_queries(path.read_text(encoding="utf-8"), str(path)).items():
+            if name in queries:
+                raise ConfigurationError(f"{path}: query {name!r} is already defined in another file")
+            queries[name] = body
+    return queries

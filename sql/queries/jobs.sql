@@ -1,0 +1,262 @@
+-- Queue core. Every state transition writes its job_logs row in the same statement, so the log can never
+-- disagree with the row. duration_ms is the time spent in the state being left.
+
+-- name: enqueue_jobs
+-- One round trip for one job or ten thousand: the rows travel as one JSON array.
+WITH input AS (
+    SELECT j, ord FROM jsonb_array_elements(%(jobs)s::jsonb) WITH ORDINALITY AS e(j, ord)
+), inserted AS (
+    INSERT INTO job_queue (tenant, workflow, params, graph, priority, max_attempts, timeout_seconds,
+                           deadline, run_at, idempotency_key, callback_url)
+    SELECT coalesce(j ->> 'tenant', 'default'),
+           j ->> 'workflow',
+           coalesce(j -> 'params', '{}'::jsonb),
+           j -> 'graph',
+           coalesce((j ->> 'priority')::int, 0),
+           coalesce((j ->> 'max_attempts')::int, 3),
+           (j ->> 'timeout_seconds')::int,
+           (j ->> 'deadline')::timestamptz,
+           coalesce((j ->> 'run_at')::timestamptz, now()),
+           j ->> 'idempotency_key',
+           j ->> 'callback_url'
+    FROM input
+    ORDER BY ord
+    RETURNING id, status, priority, attempts, created_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, to_status, attempt)
+    SELECT id, 'queued', 'queued', attempts FROM inserted
+)
+SELECT id, status, priority, created_at FROM inserted ORDER BY id;
+
+-- name: claim_job
+-- Highest priority first, then the longest eligible; SKIP LOCKED lets any number of workers claim at once.
+WITH next AS (
+    SELECT id, run_at AS eligible_at
+    FROM job_queue
+    WHERE status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
+    ORDER BY priority DESC, run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE job_queue j
+    SET status = 'running',
+        attempts = j.attempts + 1,
+        worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = coalesce(j.started_at, now()),
+        claimed_at = now(),
+        updated_at = now(),
+        progress = 0,
+        current_node = NULL,
+        prompt_id = NULL
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.*, next.eligible_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
+    SELECT id, 'claimed', 'queued', 'running', attempts, worker_id,
+           greatest(0, (extract(epoch FROM now() - eligible_at) * 1000)::bigint)
+    FROM claimed
+), worker AS (
+    UPDATE workers w SET current_job_id = claimed.id FROM claimed WHERE w.id = %(worker_id)s
+)
+SELECT * FROM claimed;
+
+-- name: renew_leases
+-- Extends the leases a worker still holds; returns them with their cancel flag so a cancel reaches the worker.
+UPDATE job_queue j
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS held(id, attempt)
+WHERE j.id = held.id AND j.attempts = held.attempt AND j.status = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id, j.attempts, j.cancel_requested;
+
+-- name: set_prompt_id
+UPDATE job_queue SET prompt_id = %(prompt_id)s, updated_at = now()
+WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: update_progress
+UPDATE job_queue SET progress = %(progress)s, current_node = %(current_node)s, updated_at = now()
+WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: complete_job
+-- Fenced by attempt and worker: a late finish of a rescued attempt matches no row and changes nothing.
+WITH done AS (
+    UPDATE job_queue
+    SET status = 'succeeded', outputs = %(outputs)s::jsonb, error = NULL, progress = 1, current_node = NULL,
+        lease_expires_at = NULL, finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+    RETURNING id, attempts, worker_id, claimed_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms, details)
+    SELECT id, 'succeeded', 'running', 'succeeded', attempts, worker_id,
+           greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint),
+           jsonb_build_object('outputs', jsonb_array_length(%(outputs)s::jsonb))
+    FROM done
+), worker AS (
+    UPDATE workers w SET current_job_id = NULL, jobs_done = w.jobs_done + 1
+    FROM done WHERE w.id = done.worker_id
+)
+SELECT id, 'succeeded' AS status FROM done;
+
+-- name: fail_attempt
+-- A failed attempt goes back to the queue after %(delay_seconds)s when it is retryable and attempts remain,
+-- else the job fails for good. Fenced like complete_job.
+WITH prev AS (
+    SELECT id FROM job_queue
+    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+    FOR UPDATE
+), upd AS (
+    UPDATE job_queue j
+    SET status = CASE WHEN %(retryable)s AND j.attempts < j.max_attempts THEN 'queued' ELSE 'failed' END,
+        run_at = CASE WHEN %(retryable)s AND j.attempts < j.max_attempts
+                      THEN now() + make_interval(secs => %(delay_seconds)s) ELSE j.run_at END,
+        finished_at = CASE WHEN %(retryable)s AND j.attempts < j.max_attempts THEN NULL ELSE now() END,
+        error = %(error)s::jsonb,
+        lease_expires_at = NULL,
+        updated_at = now()
+    FROM prev
+    WHERE j.id = prev.id
+    RETURNING j.id, j.status, j.attempts, j.worker_id, j.claimed_at, j.run_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, message, details,
+                          duration_ms)
+    SELECT id, CASE status WHEN 'queued' THEN 'retry_scheduled' ELSE 'failed' END, 'running', status,
+           attempts, worker_id, %(error)s::jsonb ->> 'message',
+           jsonb_build_object('error_type', %(error)s::jsonb ->> 'type', 'retry_at', run_at),
+           greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
+    FROM upd
+), worker AS (
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+)
+SELECT id, status, attempts, run_at FROM upd;
+
+-- name: release_job
+-- Shutdown hands an unfinished attempt back without counting it: the job did not fail, the worker left.
+WITH upd AS (
+    UPDATE job_queue
+    SET status = 'queued', attempts = attempts - 1, run_at = now(), lease_expires_at = NULL,
+        progress = 0, current_node = NULL, updated_at = now()
+    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+    RETURNING id, attempts, worker_id, claimed_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, message, duration_ms)
+    SELECT id, 'released', 'running', 'queued', attempts + 1, worker_id, %(reason)s,
+           greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
+    FROM upd
+), worker AS (
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+)
+SELECT id, 'queued' AS status FROM upd;
+
+-- name: finish_canceled_job
+-- The worker confirms that a cancel it was asked for has stopped the prompt.
+WITH upd AS (
+    UPDATE job_queue
+    SET status = 'canceled', lease_expires_at = NULL, finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+    RETURNING id, attempts, worker_id, claimed_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
+    SELECT id, 'canceled', 'running', 'canceled', attempts, worker_id,
+           greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
+    FROM upd
+), worker AS (
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+)
+SELECT id, 'canceled' AS status FROM upd;
+
+-- name: cancel_job
+-- A queued job is canceled at once; a running one is flagged and its worker stops it at the next heartbeat.
+WITH prev AS (
+    SELECT id, status, updated_at FROM job_queue
+    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'running')
+    FOR UPDATE
+), upd AS (
+    UPDATE job_queue j
+    SET status = CASE WHEN prev.status = 'queued' THEN 'canceled' ELSE j.status END,
+        finished_at = CASE WHEN prev.status = 'queued' THEN now() ELSE j.finished_at END,
+        cancel_requested = true,
+        updated_at = now()
+    FROM prev
+    WHERE j.id = prev.id
+    RETURNING j.id, j.status, j.attempts, prev.status AS from_status, prev.updated_at AS since
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, duration_ms)
+    SELECT id, CASE status WHEN 'canceled' THEN 'canceled' ELSE 'cancel_requested' END, from_status, status,
+           attempts, greatest(0, (extract(epoch FROM now() - since) * 1000)::bigint)
+    FROM upd
+)
+SELECT id, status FROM upd;
+
+-- name: rescue_expired_leases
+-- Jobs whose worker stopped renewing go back to the queue (or fail when no attempt is left).
+WITH expired AS (
+    SELECT id FROM job_queue
+    WHERE status = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE job_queue j
+    SET status = CASE WHEN j.cancel_requested THEN 'canceled'
+                      WHEN j.attempts < j.max_attempts THEN 'queued'
+                      ELSE 'failed' END,
+        finished_at = CASE WHEN NOT j.cancel_requested AND j.attempts < j.max_attempts THEN NULL
+                           ELSE now() END,
+        error = CASE WHEN NOT j.cancel_requested AND j.attempts >= j.max_attempts
+                     THEN jsonb_build_object('type', 'lease_expired', 'retryable', true,
+                                             'message', 'worker ' || j.worker_id || ' stopped renewing its lease')
+                     ELSE j.error END,
+        run_at = now(),
+        lease_expires_at = NULL,
+        updated_at = now()
+    FROM expired
+    WHERE j.id = expired.id
+    RETURNING j.id, j.status, j.attempts, j.worker_id, j.claimed_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, message, duration_ms)
+    SELECT id, CASE status WHEN 'queued' THEN 'rescued' ELSE status END, 'running', status, attempts,
+           worker_id, 'lease expired', greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
+    FROM upd
+), worker AS (
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.current_job_id = upd.id
+)
+SELECT id, status, worker_id FROM upd;
+
+-- name: expire_overdue_jobs
+WITH overdue AS (
+    SELECT id FROM job_queue
+    WHERE status = 'queued' AND deadline IS NOT NULL AND deadline <= now()
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE job_queue j
+    SET status = 'expired', finished_at = now(), updated_at = now(),
+        error = jsonb_build_object('type', 'deadline_exceeded', 'retryable', false,
+                                   'message', 'deadline ' || j.deadline || ' passed before the job ran')
+    FROM overdue
+    WHERE j.id = overdue.id
+    RETURNING j.id, j.attempts, j.created_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, duration_ms)
+    SELECT id, 'expired', 'queued', 'expired', attempts,
+           greatest(0, (extract(epoch FROM now() - created_at) * 1000)::bigint)
+    FROM upd
+)
+SELECT id FROM upd;
+
+-- name: get_job
+SELECT * FROM job_queue WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: job_logs
+SELECT event, from_status, to_status, attempt, worker_id, message, details, duration_ms, created_at
+FROM job_logs WHERE job_id = %(id)s ORDER BY id;
+
+-- name: list_jobs_by_ids
+SELECT id, status, priority, workflow, attempts, outputs, error, created_at, started_at, finished_at
+FROM job_queue WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
+
+-- name: count_jobs_by_status
+SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;

@@ -1,0 +1,12 @@
+-- name: register_worker
+INSERT INTO workers (id, host, pid, comfyui_url, status, started_at, heartbeat_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(comfyui_url)s, 'running', now(), now())
+ON CONFLICT (id) DO UPDATE
+SET host = EXCLUDED.host, pid = EXCLUDED.pid, comfyui_url = EXCLUDED.comfyui_url, status = 'running',
+    started_at = now(), heartbeat_at = now(), stopped_at = NULL, current_job_id = NULL;
+
+-- name: worker_heartbeat
+UPDATE workers SET heartbeat_at = now(), status = %(status)s WHERE id = %(id)s RETURNING id;
+
+-- name: worker_stopped
+UPDATE workers SET status = 'stopped', stopped_at = now(), current_job_id = NULL WHERE id = %(id)s;

@@ -1,0 +1,122 @@
+"""Shared fixtures: a real PostgreSQL (TEST_DATABASE_URL / DATABASE_URL, else the embedded server), a
+migrated template database built once per run, and a fresh copy of it per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from comfyq import embedded
+from comfyq.db import Database, connect_once
+from comfyq.jobs import JobQueue
+from comfyq.migrate import migrate
+from comfyq.settings import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL of a real server; the embedded one is started (and stopped) only when none is given."""
+    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    data_dir = tmp_path_factory.mktemp("pg")
+    url = embedded.start(data_dir)
+    try:
+        yield url
+    finally:
+        embedded.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    """A migrated database that every test copies (CREATE DATABASE ... TEMPLATE is much faster than
+    migrating each time)."""
+    name = f"comfyq_tpl_{uuid.uuid4().hex[:10]}"
+    admin = connect_once(server_url)
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(server_url, name)
+    db = Database(url, SQL_DIR)
+    migrate(db, SQL_DIR / "migrations")
+    db.close()
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def fresh_database(server_url: str) -> Iterator[str]:
+    """An empty database (no migrations) for migration tests."""
+    name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
+    admin = connect_once(server_url)
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
+    admin = connect_once(server_url)
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url, SQL_DIR, max_size=8)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def queue(db: Database) -> JobQueue:
+    return JobQueue(db, lease_seconds=30)
+
+
+@pytest.fixture
+def sql(db_url: str) -> Iterator[object]:
+    """A raw cursor for assertions about the stored state (tests may read tables directly)."""
+    conn = connect_once(db_url)
+    cur = conn.cursor()
+    try:
+        yield cur
+    finally:
+        cur.close()
+        conn.close()
+
+
+def project_path(*parts: str) -> Path:
+    return PROJECT_ROOT.joinpath(*parts)

@@ -1,0 +1,261 @@
+"""ComfyUI over HTTP + WebSocket, as observed in PROTOCOL.md: client-chosen prompt ids, per-client events,
+`executing {node: null}` as the done signal, /history and /view for results. Maps every failure to the
+project's retryable or permanent errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import websocket
+
+from comfyq.errors import (
+    ComfyUnavailable,
+    ExecutionFailed,
+    PromptLost,
+    PromptRejected,
+    TransientFailure,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_STORED_INPUT_CHARS = 2000
+OOM_MARKERS = ("OutOfMemory", "out of memory", "CUDA out of memory")
+
+
+class OutOfMemory(TransientFailure):
+    """ComfyUI ran out of (V)RAM; freeing memory and retrying may succeed."""
+
+    error_type = "out_of_memory"
+
+
+@dataclass
+class RunResult:
+    """How one prompt ended, from the terminal WebSocket event (or history when the socket dropped)."""
+
+    prompt_id: str
+    outcome: str  # success | error | interrupted
+    error: dict[str, Any] | None = None
+    cached_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    node_id: str
+    filename: str
+    subfolder: str
+    kind: str
+
+
+def truncate(value: Any, limit: int = MAX_STORED_INPUT_CHARS) -> Any:
+    """current_inputs holds tensor reprs that can be megabytes; keep a bounded preview."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def execution_error_from(data: dict[str, Any]) -> TransientFailure | ExecutionFailed:
+    """Classify an execution_error event: out-of-memory is transient, anything else is the job's fault."""
+    exception_type = str(data.get("exception_type", ""))
+    message = str(data.get("exception_message", "")).strip() or "node raised during execution"
+    details = {
+        "node_id": data.get("node_id"), "node_type": data.get("node_type"),
+        "exception_type": exception_type, "exception_message": truncate(message),
+        "current_inputs": truncate(data.get("current_inputs", {})),
+        "traceback": truncate("".join(data.get("traceback") or [])),
+    }
+    node = str(data.get("node_id")) if data.get("node_id") is not None else None
+    if any(marker in exception_type or marker in message for marker in OOM_MARKERS):
+        return OutOfMemory(f"out of memory in node {node}: {message[:300]}", details=details, node=node)
+    return ExecutionFailed(f"{data.get('node_type')} (node {node}) failed: {exception_type}: {message[:300]}",
+                           details=details, node=node)
+
+
+class ComfyClient:
+    """One ComfyUI instance. Not thread-safe: one per worker thread."""
+
+    def __init__(self, base_url: str, client_id: str, *, connect_timeout: float = 5.0,
+                 request_timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.http = requests.Session()
+
+    # HTTP -------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self.http.request(method, self.base_url + path,
+                                         timeout=(self.connect_timeout, self.request_timeout), **kwargs)
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}: "
+                                   f"{exc.__class__.__name__}") from exc
+        if response.status_code >= 500:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to {method} {path}: "
+                                   f"{response.text[:300]}")
+        return response
+
+    def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
+        """POST /prompt. 400 and partial acceptance are permanent: ComfyUI would reject it every time."""
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        response = self._request("POST", "/prompt", json=body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if response.status_code == 400:
+            error = payload.get("error") or {}
+            message = error.get("message") or "ComfyUI rejected the prompt"
+            if error.get("details"):
+                message = f"{message}: {error['details']}"
+            raise PromptRejected(message, details={"error": error, "node_errors": payload.get("node_errors", {})})
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to POST /prompt")
+        node_errors = payload.get("node_errors") or {}
+        if node_errors:
+            # Partially valid graph: ComfyUI runs the valid outputs and silently skips the rest.
+            self.interrupt(prompt_id)
+            self.delete_queued([prompt_id])
+            raise PromptRejected("some outputs of the graph failed validation",
+                                 details={"node_errors": node_errors})
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry, or None while ComfyUI does not have it (unknown, pending or running)."""
+        response = self._request("GET", f"/history/{urllib.parse.quote(prompt_id)}")
+        payload = response.json() if response.status_code == 200 else {}
+        entry = payload.get(prompt_id) if isinstance(payload, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def queued_prompt_ids(self) -> set[str]:
+        payload = self._request("GET", "/queue").json()
+        ids = set()
+        for key in ("queue_running", "queue_pending"):
+            for item in payload.get(key, []):
+                if isinstance(item, list) and len(item) > 1:
+                    ids.add(str(item[1]))
+        return ids
+
+    def view(self, output: OutputFile) -> tuple[bytes, str]:
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.kind}
+        response = self._request("GET", "/view", params=params)
+        if response.status_code == 404:
+            raise ComfyUnavailable(f"ComfyUI has no file {output.subfolder}/{output.filename}")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to /view")
+        return response.content, response.headers.get("Content-Type", "application/octet-stream")
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Interrupts prompt_id only if it is the one running (ComfyUI ignores other ids)."""
+        try:
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        except ComfyUnavailable:
+            log.warning("could not interrupt prompt %s", prompt_id, extra={"action": "interrupt"})
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        try:
+            self._request("POST", "/queue", json={"delete": prompt_ids})
+        except ComfyUnavailable:
+            log.warning("could not remove prompts %s from ComfyUI's queue", prompt_ids,
+                        extra={"action": "queue_delete"})
+
+    def system_stats(self) -> dict[str, Any]:
+        response = self._request("GET", "/system_stats")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to /system_stats")
+        result: dict[str, Any] = response.json()
+        return result
+
+    # WebSocket --------------------------------------------------------------------------------------
+    def open_socket(self) -> websocket.WebSocket:
+        """Connect before POSTing: per-prompt events go only to the socket of our client id."""
+        scheme = "wss" if self.base_url.startswith("https") else "ws"
+        url = f"{scheme}{self.base_url[self.base_url.index(':'):]}/ws?clientId={urllib.parse.quote(self.client_id)}"
+        try:
+            return websocket.create_connection(url, timeout=self.connect_timeout)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ComfyUnavailable(f"ComfyUI WebSocket at {url} refused: {exc.__class__.__name__}") from exc
+
+    def wait(self, sock: websocket.WebSocket, prompt_id: str, *, deadline: float,
+             on_event: Callable[[str, dict[str, Any]], None], should_stop: Callable[[], bool],
+             tick: float = 0.25) -> RunResult:
+        """Read events for prompt_id until the done signal. Returns early (outcome 'stopped') when
+        should_stop() says so or the deadline passes; falls back to polling when the socket drops."""
+        result = RunResult(prompt_id=prompt_id, outcome="success")
+        sock.settimeout(tick)
+        while True:
+            if should_stop() or time.monotonic() >= deadline:
+                result.outcome = "stopped"
+                return result
+            try:
+                frame = sock.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (OSError, websocket.WebSocketException):
+                log.warning("WebSocket dropped while prompt %s ran; polling history", prompt_id,
+                            extra={"action": "ws_drop"})
+                return self.poll_until_done(prompt_id, deadline=deadline, should_stop=should_stop)
+            if not isinstance(frame, str):
+                continue  # binary previews
+            try:
+                message = json.loads(frame)
+            except ValueError:
+                continue
+            kind = message.get("type")
+            data = message.get("data") or {}
+            if data.get("prompt_id") != prompt_id:
+                continue
+            if kind == "execution_error":
+                result.outcome = "error"
+                result.error = data
+            elif kind == "execution_interrupted":
+                result.outcome = "interrupted"
+            elif kind == "execution_cached":
+                result.cached_nodes = [str(n) for n in data.get("nodes", [])]
+            elif kind == "executing" and data.get("node") is None:
+                return result
+            on_event(kind, data)
+
+    def poll_until_done(self, prompt_id: str, *, deadline: float, should_stop: Callable[[], bool],
+                        interval: float = 0.25) -> RunResult:
+        """The fallback when the socket is gone: history says how it ended; a prompt in neither history nor
+        queue was lost (ComfyUI restarted)."""
+        while time.monotonic() < deadline and not should_stop():
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return result_from_history(prompt_id, entry)
+            if prompt_id not in self.queued_prompt_ids():
+                # It may have finished between the two calls; look once more before declaring it lost.
+                entry = self.history(prompt_id)
+                if entry is not None:
+                    return result_from_history(prompt_id, entry)
+                raise PromptLost(f"prompt {prompt_id} is neither queued nor in history (ComfyUI restarted?)")
+            time.sleep(interval)
+        return RunResult(prompt_id=prompt_id, outcome="stopped")
+
+
+def result_from_history(prompt_id: str, entry: dict[str, Any]) -> RunResult:
+    """Interrupted and failed runs both say status_str 'error': the last message's type tells them apart."""
+    status = entry.get("status") or {}
+    messages = status.get("messages") or []
+    if status.get("status_str") == "success":
+        return RunResult(prompt_id=prompt_id, outcome="success")
+    last_type, last_data = (messages[-1][0], messages[-1][1]) if messages else ("", {})
+    if last_type == "execution_interrupted":
+        return RunResult(prompt_id=prompt_id, outcome="interrupted")
+    return RunResult(prompt_id=prompt_id, outcome="error", error=last_data if isinstance(last_data, dict) else {})
+
+
+def output_files(entry: dict[str, Any]) -> list[OutputFile]:
+    """Saved files listed in a history entry (type 'output'; temp previews are not results)."""
+    files: list[OutputFile] = []
+    for node_id, node_output in sorted((entry.get("outputs") or {}).items()):
+        for kind_key in ("images", "gifs", "videos", "audio"):
+            for item in node_output.get(kind_key, []) or []:
+                if isinstance(item, dict) and item.get("type", "output") == "output" and item.get("filename"):
+                    files.append(OutputFile(str(node_id), item["filename"], item.get("subfolder", ""), "output"))
+    return files
