@@ -15,7 +15,8 @@ class Settings(BaseSettings):
     """Every knob of comfyq. Names are the environment variables, upper-cased, with a COMFYQ_ prefix
     except the two that the ecosystem already names (DATABASE_URL, COMFYUI_URL)."""
 
-    model_config = SettingsConfigDict(env_prefix="COMFYQ_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="COMFYQ_", extra="ignore", frozen=True,
+                                      populate_by_name=True)
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
     comfyui_url: str = Field(default="http://127.0.0.1:8188", validation_alias=AliasChoices("COMFYUI_URL"))

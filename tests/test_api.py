@@ -1,0 +1,114 @@
+"""The minimal API against a real database: submit, read back, and bad input refused with nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from comfyq.settings import Settings
+from comfyq_api.app import create_app
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def client(db_url: str) -> Iterator[FlaskClient]:
+    app = create_app(Settings(database_url=db_url, api_token=TOKEN, max_body_bytes=64 * 1024))
+    with app.test_client() as test_client:
+        yield test_client
+    services = app.extensions.get("comfyq")
+    if services is not None:
+        services.db.close()
+
+
+def count_jobs(sql: Any) -> int:
+    sql.execute("SELECT count(*) FROM job_queue")
+    return int(sql.fetchone()[0])
+
+
+def test_submit_template_job_and_read_it_back(client: FlaskClient, sql: Any) -> None:
+    response = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "a red fox", "seed": 42},
+                                          "priority": 5}, headers=AUTH)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued" and response.headers["Location"] == f"/jobs/{body['id']}"
+    job = client.get(response.headers["Location"], headers=AUTH).get_json()
+    assert job["status"] == "queued" and job["priority"] == 5 and job["attempts"] == 0
+    assert job["params"]["prompt"] == "a red fox" and job["params"]["width"] == 512
+    sql.execute("SELECT graph->'6'->'inputs'->>'text', graph->'3'->'inputs'->>'seed' FROM job_queue")
+    assert sql.fetchone() == ("a red fox", "42")
+
+
+def test_random_seed_is_drawn_and_stored(client: FlaskClient) -> None:
+    first = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=AUTH)
+    second = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=AUTH)
+    seeds = [client.get(r.headers["Location"], headers=AUTH).get_json()["params"]["seed"] for r in (first, second)]
+    assert seeds[0] != seeds[1]
+
+
+def test_submit_raw_graph(client: FlaskClient) -> None:
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    response = client.post("/jobs", json={"graph": graph}, headers=AUTH)
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("kwargs, status, code", [
+    ({"data": "{not json", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": "[1, 2]", "content_type": "application/json"}, 400, "invalid_json"),
+    ({"data": "prompt=x", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+    ({"json": {"workflow": "nope", "params": {}}}, 422, "unknown_workflow"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x"}, "priority": 5000}}, 422, "validation_error"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x"}, "priority": "high"}}, 422, "validation_error"),
+    ({"json": {"workflow": "txt2img", "params": {}}}, 422, "invalid_params"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x", "steps": 0}}}, 422, "invalid_params"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x", "width": 513}}}, 422, "invalid_params"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x", "colour": 1}}}, 422, "invalid_params"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x" * 10001}}}, 422, "invalid_params"),
+    ({"json": {"workflow": "txt2img", "graph": {"1": {}}}}, 422, "validation_error"),
+    ({"json": {"graph": {}}}, 422, "invalid_graph"),
+    ({"json": {"graph": {"1": {"inputs": {}}}}}, 422, "invalid_graph"),
+    ({"json": {"graph": {"1": {"class_type": "X", "inputs": {"a": ["9", 0]}}}}}, 422, "invalid_graph"),
+    ({"json": {"workflow": "txt2img", "params": {"prompt": "x"}, "surprise": True}}, 422, "validation_error"),
+    ({"data": "x" * (65 * 1024), "content_type": "application/json"}, 413, "request_entity_too_large"),
+])
+def test_bad_input_gets_a_json_error_and_writes_nothing(client: FlaskClient, sql: Any, kwargs: dict[str, Any],
+                                                         status: int, code: str) -> None:
+    response = client.post("/jobs", headers=AUTH, **kwargs)
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"] and "details" in error
+    assert count_jobs(sql) == 0
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                                     {"Authorization": "Basic " + TOKEN}])
+def test_requests_without_the_token_are_refused(client: FlaskClient, sql: Any, headers: dict[str, str]) -> None:
+    response = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=headers)
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthorized"
+    assert count_jobs(sql) == 0
+    assert client.get("/jobs/1", headers=headers).status_code == 401
+
+
+def test_unknown_job_is_404(client: FlaskClient) -> None:
+    response = client.get("/jobs/999999", headers=AUTH)
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_readiness_reports_a_dead_database() -> None:
+    app = create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none", api_token=TOKEN,
+                              db_connect_timeout=1))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "not_ready"
+    submit = app.test_client().post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}},
+                                    headers=AUTH)
+    assert submit.status_code == 503 and submit.headers["Retry-After"]

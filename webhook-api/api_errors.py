@@ -1,0 +1,69 @@
+"""One JSON error shape for every failure: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from comfyq.errors import ConstraintViolation, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> tuple[Response, int, dict[str, str]]:
+    body: dict[str, Any] = {"code": code, "message": message, "details": details if details is not None else {}}
+    return jsonify({"error": body}), status, headers or {}
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors without the echoed input (which may be megabytes)."""
+    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)]
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Any:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Any:
+        return error_response(422, "validation_error", "the request body failed validation",
+                              validation_details(exc))
+
+    @app.errorhandler(DatabaseUnavailable)
+    def _db_down(exc: DatabaseUnavailable) -> Any:
+        log.warning("database unavailable: %s", exc, extra={"action": "db_unavailable"})
+        return error_response(503, "database_unavailable", "the database is unavailable; retry later",
+                              headers={"Retry-After": "5"})
+
+    @app.errorhandler(ConstraintViolation)
+    def _constraint(exc: ConstraintViolation) -> Any:
+        return error_response(422, "constraint_violation", "the job breaks a database constraint",
+                              {"constraint": exc.constraint})
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error", extra={"action": "unhandled"})
+        return error_response(500, "internal_error", "an unexpected error occurred")

@@ -1,0 +1,32 @@
+"""The Flask app factory: `gunicorn 'comfyq_api.app:create_app()'`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from comfyq.errors import ConfigurationError
+from comfyq.settings import Settings, get_settings
+from comfyq.workflows import load_workflows
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    if not settings.api_token:
+        raise ConfigurationError("COMFYQ_API_TOKEN must be set: the API refuses to run without a token")
+    if not settings.database_url:
+        raise ConfigurationError("DATABASE_URL must be set for the API (run `comfyq db-url` for the embedded one)")
+    load_workflows(settings.workflows_dir)  # fail at start-up, not on the first request, if a manifest is bad
+    app = Flask("comfyq_api")
+    app.config.update(
+        COMFYQ_SETTINGS=settings, COMFYQ_TOKEN=settings.api_token, COMFYQ_TENANT=settings.api_tenant,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    from comfyq_api.api_errors import register_error_handlers  # noqa: PLC0415
+    from comfyq_api.health_api import bp as health_bp  # noqa: PLC0415
+    from comfyq_api.jobs_api import bp as jobs_bp  # noqa: PLC0415
+
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(jobs_bp)
+    return app

@@ -1,0 +1,32 @@
+"""Request bodies, validated strictly: unknown fields and wrong types are refused, never guessed at."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+
+class JobRequest(BaseModel):
+    """POST /jobs: either a template name with params, or a raw API-format graph."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: StrictStr | None = Field(default=None, min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+    graph: dict[str, Any] | None = None
+    priority: StrictInt = 0
+    max_attempts: StrictInt | None = Field(default=None, ge=1, le=100)
+    timeout_seconds: StrictInt | None = Field(default=None, ge=1, le=86400)
+    deadline: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobRequest:
+        if (self.workflow is None) == (self.graph is None):
+            raise ValueError("give exactly one of 'workflow' (with 'params') or 'graph'")
+        if self.graph is not None and self.params:
+            raise ValueError("'params' apply to a workflow template, not to a raw graph")
+        if self.deadline is not None and self.deadline.tzinfo is None:
+            raise ValueError("'deadline' needs a timezone, e.g. 2026-01-01T00:00:00Z")
+        return self

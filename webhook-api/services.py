@@ -1,0 +1,42 @@
+"""Per-process service objects (database pool, queue, templates), built on first use so each gunicorn
+worker opens its own pool after fork."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from flask import current_app
+
+from comfyq.connect import open_database
+from comfyq.db import Database
+from comfyq.jobs import JobQueue
+from comfyq.settings import Settings
+from comfyq.workflows import Workflow, load_workflows
+
+
+@dataclass
+class Services:
+    db: Database
+    queue: JobQueue
+    workflows: dict[str, Workflow]
+
+
+_lock = threading.Lock()
+
+
+def build_services(settings: Settings) -> Services:
+    db = open_database(settings, application_name="comfyq-api", start_embedded=False)
+    return Services(db=db, queue=JobQueue(db, lease_seconds=settings.lease_seconds),
+                    workflows=load_workflows(settings.workflows_dir))
+
+
+def services() -> Services:
+    app = current_app
+    existing: Services | None = app.extensions.get("comfyq")
+    if existing is not None:
+        return existing
+    with _lock:
+        if "comfyq" not in app.extensions:
+            app.extensions["comfyq"] = build_services(app.config["COMFYQ_SETTINGS"])
+        return app.extensions["comfyq"]  # type: ignore[no-any-return]
