@@ -120,3 +120,6 @@ def sql(db_url: str) -> Iterator[object]:
 
 def project_path(*parts: str) -> Path:
     return PROJECT_ROOT.joinpath(*parts)
+
+
+from tests.e2e_support import stack  # noqa: E402,F401 - fixture shared by the multi-process tests

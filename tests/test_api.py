@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from comfyq_api.app import create_app
 from flask.testing import FlaskClient
 
 from comfyq.settings import Settings
-from comfyq_api.app import create_app
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -81,7 +81,7 @@ def test_a_failing_migration_leaves_nothing_behind(fresh_database: str, tmp_path
     shutil.copytree(SQL_DIR / "migrations", migrations)
     (migrations / "9999_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT no_such_function();\n")
     db = Database(fresh_database, SQL_DIR)
-    with pytest.raises(MigrationError, match="9999_broken.sql failed"):
+    with pytest.raises(MigrationError, match=r"9999_broken\.sql failed"):
         migrate(db, migrations)
     db.close()
     assert _scalar_rows(fresh_database, "SELECT to_regclass('half_done')") == [(None,)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -53,7 +54,7 @@ def test_bad_rows_write_nothing(queue: JobQueue, sql: Any) -> None:
 
 
 def test_claim_skips_future_and_overdue_jobs(queue: JobQueue) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     queue.enqueue(job(run_at=now + timedelta(hours=1)))
     queue.enqueue(job(deadline=now - timedelta(seconds=1)))
     assert queue.claim("w1") is None
@@ -184,7 +185,7 @@ def test_backoff_grows_and_is_capped() -> None:
     rng = random.Random(7)
     delays = [retry_delay(n, base=1.0, cap=20.0, rng=rng) for n in range(1, 9)]
     growing = delays[:5]  # ceilings 1, 2, 4, 8, 16: each draw is at least the previous ceiling
-    assert all(a <= b for a, b in zip(growing, growing[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(growing))
     assert all(10.0 <= d <= 20.0 for d in delays[5:])  # capped: jitter within [cap/2, cap]
     assert delays[0] >= 0.5
     with pytest.raises(ValueError):

@@ -6,9 +6,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from flask import current_app, g, request
-
 from comfyq_api.api_errors import ApiError
+from flask import current_app, g, request
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ loglevel = os.environ.get("COMFYQ_LOG_LEVEL", "info").lower()
 preload_app = False
 
 
-def post_fork(server, worker):  # noqa: ANN001, ARG001 - gunicorn hook signature
-    from comfyq.logs import configure
+def post_fork(server, worker):
+    from comfyq.logs import configure  # noqa: PLC0415 - after fork, in the worker process
 
     configure(os.environ.get("COMFYQ_LOG_LEVEL", "INFO"))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from comfyq_api.api_errors import ApiError
+from comfyq_api.services import services
 from flask import Blueprint, Response, jsonify
 
 from comfyq.errors import DatabaseUnavailable
-from comfyq_api.api_errors import ApiError
-from comfyq_api.services import services
 
 bp = Blueprint("health", __name__)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
-
-from comfyq.jobs import NewJob
-from comfyq.settings import Settings
-from comfyq.workflows import ParamError
 from comfyq_api.api_errors import ApiError
 from comfyq_api.auth import require_token
 from comfyq_api.graph_check import graph_problems
 from comfyq_api.schemas import JobRequest
 from comfyq_api.services import services
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from comfyq.jobs import NewJob
+from comfyq.settings import Settings
+from comfyq.workflows import ParamError
 
 bp = Blueprint("jobs", __name__)
 

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfyq_worker.comfy_client import ComfyClient, execution_error_from, output_files
+
 from comfyq.backoff import retry_delay
 from comfyq.errors import (
     ComfyqError,
@@ -22,7 +24,6 @@ from comfyq.errors import (
 from comfyq.jobs import ClaimedJob, JobQueue, Lease
 from comfyq.settings import Settings
 from comfyq.storage import Storage, object_key
-from comfyq_worker.comfy_client import ComfyClient, execution_error_from, output_files
 
 log = logging.getLogger(__name__)
 
@@ -204,4 +205,4 @@ class ProgressReporter:
             log.warning("progress write for job %s failed: %s", self.lease.job_id, exc)
 
 
-__all__ = ["AttemptControl", "JobRunner", "prepare_graph", "TransientFailure"]
+__all__ = ["AttemptControl", "JobRunner", "TransientFailure", "prepare_graph"]

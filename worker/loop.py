@@ -11,14 +11,15 @@ import socket
 import uuid
 from types import FrameType
 
+from comfyq_worker.comfy_client import ComfyClient
+from comfyq_worker.job_runner import AttemptControl, JobRunner
+from comfyq_worker.maintenance import Maintenance
+
 from comfyq.db import Database
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
-from comfyq_worker.comfy_client import ComfyClient
-from comfyq_worker.job_runner import AttemptControl, JobRunner
-from comfyq_worker.maintenance import Maintenance
 
 log = logging.getLogger(__name__)
 

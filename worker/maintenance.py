@@ -7,11 +7,11 @@ import logging
 import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from comfyq_worker.job_runner import AttemptControl
 
 from comfyq.db import Database
 from comfyq.errors import ComfyqError
 from comfyq.jobs import JobQueue
-from comfyq_worker.job_runner import AttemptControl
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,54 @@
+# comfyq: `make help` lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint migrate worker api standin db-url db-stop clean
+
+help: ## List the targets with what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv and install comfyq with its dev tools
+
+demo: $(STAMP) ## Run the end-to-end demo (embedded Postgres, stand-in, API, 2 workers, 20 prompts)
+	$(BIN)/comfyq demo
+
+test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else embedded Postgres)
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## Run the tests that need no child processes
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check comfyq webhook-api worker standin tests
+	$(BIN)/mypy comfyq webhook-api worker standin
+
+migrate: $(STAMP) ## Apply pending migrations to DATABASE_URL (or the embedded server)
+	$(BIN)/comfyq migrate
+
+worker: $(STAMP) ## Run one worker against COMFYUI_URL
+	$(BIN)/python worker/worker.py
+
+api: $(STAMP) ## Run the API under gunicorn on 127.0.0.1:8000
+	$(BIN)/comfyq api
+
+standin: $(STAMP) ## Run the ComfyUI stand-in on 127.0.0.1:8188
+	$(BIN)/comfyui-standin --port 8188
+
+db-url: $(STAMP) ## Print the database URL (starts the embedded server when DATABASE_URL is unset)
+	@$(BIN)/comfyq db-url
+
+db-stop: $(STAMP) ## Stop the embedded server
+	$(BIN)/comfyq db-stop
+
+clean: ## Remove the virtualenv and local data (var/)
+	-$(BIN)/comfyq db-stop
+	rm -rf $(VENV) var

@@ -1,0 +1,162 @@
+"""The worker as a real process against the ComfyUI stand-in and a real Postgres."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from typing import Any
+
+import pytest
+
+from comfyq.jobs import JobQueue, Lease, NewJob
+from comfyq.settings import PROJECT_ROOT
+from comfyq.workflows import load_workflows
+from tests.e2e_support import TINY_GRAPH, Stack, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def status_of(queue: JobQueue, job_id: int) -> str:
+    row = queue.get(job_id, "default")
+    assert row is not None
+    return str(row["status"])
+
+
+def txt2img(prompt: str, **params: Any) -> NewJob:
+    workflow = load_workflows(PROJECT_ROOT / "workflows")["txt2img"]
+    resolved = workflow.resolve_params({"prompt": prompt, "steps": 4, "width": 64, "height": 64, **params})
+    return NewJob(graph=workflow.render(resolved), workflow="txt2img", params=resolved)
+
+
+def test_a_job_runs_end_to_end(stack: Stack, queue: JobQueue) -> None:
+    stack.standin()
+    job_id = queue.enqueue(txt2img("a lighthouse", seed=7))["id"]
+    worker = stack.worker("w1", "--burst")
+    assert worker.wait(60) == 0
+    row = queue.get(job_id, "default")
+    assert row is not None and row["status"] == "succeeded", row
+    assert row["attempts"] == 1 and row["progress"] == 1.0 and row["prompt_id"]
+    [output] = row["outputs"]
+    assert output["key"].startswith(f"{job_id}/1/") and output["content_type"] == "image/png"
+    data = (stack.storage_dir / output["key"]).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) == output["size"]
+    assert [r["event"] for r in queue.logs(job_id)] == ["queued", "claimed", "succeeded"]
+
+
+def test_different_seeds_give_different_images(stack: Stack, queue: JobQueue) -> None:
+    stack.standin()
+    ids = [queue.enqueue(txt2img("same prompt", seed=s))["id"] for s in (1, 2)]
+    assert stack.worker("w1", "--burst").wait(60) == 0
+    blobs = []
+    for job_id in ids:
+        row = queue.get(job_id, "default")
+        assert row is not None and row["status"] == "succeeded"
+        blobs.append((stack.storage_dir / row["outputs"][0]["key"]).read_bytes())
+    assert blobs[0] != blobs[1]
+
+
+def test_comfyui_down_retries_with_growing_delays_then_fails(stack: Stack, queue: JobQueue) -> None:
+    stack.comfy_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, max_attempts=4))["id"]
+    stack.worker("w1", retry_base_seconds="0.3")
+    wait_until(lambda: status_of(queue, job_id) == "failed", 60, "the job to fail")
+    row = queue.get(job_id, "default")
+    assert row is not None and row["attempts"] == 4
+    assert row["error"]["type"] == "comfyui_unavailable" and row["error"]["retryable"] is True
+    logs = queue.logs(job_id)
+    assert [r["event"] for r in logs] == ["queued"] + ["claimed", "retry_scheduled"] * 3 + ["claimed", "failed"]
+    claims = [r["created_at"] for r in logs if r["event"] == "claimed"]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(claims)]
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3 and gaps[2] >= 0.6  # ceilings 0.3, 0.6, 1.2; draws >= half
+    assert gaps[2] > gaps[0]
+
+
+def test_comfyui_back_before_the_last_attempt_succeeds(stack: Stack, queue: JobQueue) -> None:
+    port = free_port()
+    stack.comfy_url = f"http://127.0.0.1:{port}"
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, max_attempts=5))["id"]
+    stack.worker("w1", retry_base_seconds="1", retry_max_seconds="2")
+    wait_until(lambda: any(r["event"] == "retry_scheduled" for r in queue.logs(job_id)), 30, "a failed attempt")
+    stack.standin(port=port)
+    wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the job to succeed")
+    row = queue.get(job_id, "default")
+    assert row is not None and 2 <= row["attempts"] < 5 and row["error"] is None
+
+
+def test_validation_errors_fail_at_once_with_node_errors(stack: Stack, queue: JobQueue) -> None:
+    stack.standin()
+    bad = {"1": {"class_type": "EmptyImage", "inputs": {"width": 99999, "height": 8, "batch_size": 1, "color": 0}},
+           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    job_id = queue.enqueue(NewJob(graph=bad, max_attempts=5))["id"]
+    assert stack.worker("w1", "--burst").wait(60) == 0
+    row = queue.get(job_id, "default")
+    assert row is not None and row["status"] == "failed" and row["attempts"] == 1
+    error = row["error"]
+    assert error["type"] == "validation_error" and error["retryable"] is False
+    [node_error] = error["details"]["node_errors"]["1"]["errors"]
+    assert node_error["type"] == "value_bigger_than_max"
+
+
+def test_two_workers_run_500_jobs_exactly_once(stack: Stack, queue: JobQueue, sql: Any) -> None:
+    stack.standin("--node-seconds", "0")
+    queue.enqueue_many([NewJob(graph=TINY_GRAPH, priority=i % 5) for i in range(500)])
+    workers = [stack.worker(f"w{n}", "--burst") for n in (1, 2)]
+    assert [w.wait(240) for w in workers] == [0, 0]
+    sql.execute("SELECT status, count(*), min(attempts), max(attempts) FROM job_queue GROUP BY status")
+    assert sql.fetchall() == [("succeeded", 500, 1, 1)]
+    sql.execute("SELECT job_id, count(*) FROM job_logs WHERE event = 'claimed' GROUP BY job_id HAVING count(*) <> 1")
+    assert sql.fetchall() == []
+    sql.execute("SELECT count(DISTINCT worker_id) FROM job_queue")
+    assert sql.fetchone()[0] == 2
+    stored = list(stack.storage_dir.rglob("*.png"))
+    assert len(stored) == 500
+    assert len(list((stack.tmp_path / "comfyui-output").rglob("*.png"))) == 500  # ComfyUI ran each once
+
+
+def test_sigkilled_worker_loses_its_lease_and_another_finishes(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--node-seconds", "1.5")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    doomed = stack.worker("doomed", lease_seconds="2")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to reach ComfyUI")
+    old = queue.get(job_id, "default")
+    assert old is not None and old["status"] == "running"
+    old_lease = Lease(job_id, old["attempts"], old["worker_id"])
+    doomed.kill()
+    stack.worker("rescuer", lease_seconds="2")
+    wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the rescuer to finish the job")
+    row = queue.get(job_id, "default")
+    assert row is not None and row["attempts"] == 2 and row["worker_id"] != old_lease.worker_id
+    assert not queue.complete(old_lease, [{"key": "late"}])  # the old attempt can no longer finish it
+    assert queue.get(job_id, "default")["outputs"][0]["key"].startswith(f"{job_id}/2/")  # type: ignore[index]
+    assert "rescued" in [r["event"] for r in queue.logs(job_id)]
+
+
+def test_sigterm_finishes_the_current_job(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--node-seconds", "1")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    worker = stack.worker("w1")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert status_of(queue, job_id) == "succeeded"
+
+
+def test_second_sigterm_releases_the_job(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--node-seconds", "5")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    worker = stack.worker("w1")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to start")
+    worker.signal(signal.SIGTERM)
+    worker.wait_for(r"finishing the current job", 10)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    row = queue.get(job_id, "default")
+    assert row is not None and row["status"] == "queued" and row["attempts"] == 0
+    assert [r["event"] for r in queue.logs(job_id)][-1] == "released"
+
+
+def test_idle_worker_wakes_on_notify_not_on_poll(stack: Stack, queue: JobQueue) -> None:
+    stack.standin()
+    stack.worker("w1", poll_interval_seconds="120")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the job to be picked up by LISTEN")
