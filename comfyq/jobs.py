@@ -105,6 +105,11 @@ class JobQueue:
             priority=row["priority"], max_attempts=row["max_attempts"], timeout_seconds=row["timeout_seconds"],
             row=row)
 
+    def seconds_until_next_run(self) -> float | None:
+        """Seconds until the earliest queued job becomes eligible (None when the queue is empty)."""
+        row = self.db.fetch_one("seconds_until_next_run")
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
+
     def renew(self, worker_id: str, leases: Iterable[Lease]) -> dict[int, bool]:
         """Extend held leases. Returns {job id: cancel requested} for the leases still held; a missing id
         means the lease was lost (rescued) and the worker must stop writing to that job."""

@@ -100,7 +100,7 @@ class Worker:
                     if burst:
                         break
                     try:
-                        listener.wait(self.settings.poll_interval_seconds, wake_fds=[self._wake_read])
+                        listener.wait(self._idle_timeout(), wake_fds=[self._wake_read])
                     except DatabaseUnavailable as exc:
                         log.warning("LISTEN connection lost: %s", exc, extra={"action": "listen"})
                         self._sleep(min(5.0, self.settings.poll_interval_seconds))
@@ -126,6 +126,14 @@ class Worker:
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_run,
                      extra={"action": "worker_stop"})
         return self.jobs_run
+
+    def _idle_timeout(self) -> float:
+        """Sleep until the next delayed job is due, at most the poll interval: a retry waits its backoff,
+        not its backoff plus a poll period. NOTIFY ends the sleep earlier for new jobs."""
+        due = self.queue.seconds_until_next_run()
+        if due is None:
+            return self.settings.poll_interval_seconds
+        return min(self.settings.poll_interval_seconds, due + 0.005)
 
     def _register(self) -> None:
         self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),

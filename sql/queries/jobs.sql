@@ -260,3 +260,8 @@ FROM job_queue WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
 -- name: count_jobs_by_status
 SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;
+
+-- name: seconds_until_next_run
+-- How long an idle worker may sleep before a delayed job (a retry) becomes eligible; NULL when none waits.
+SELECT greatest(0, extract(epoch FROM min(run_at) - now()))::float8 AS seconds
+FROM job_queue WHERE status = 'queued';
