@@ -12,7 +12,8 @@ from typing import Any
 
 from comfyq.errors import ConfigurationError
 
-PARAM_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+PARAM_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float),
+                                                   "boolean": bool}
 
 
 class ParamError(ValueError):
@@ -63,6 +64,9 @@ class ParamSpec:
             return f"expected {self.type}, got boolean"
         if not isinstance(value, expected):
             return f"expected {self.type}, got {type(value).__name__}"
+        return self._check_range(value)
+
+    def _check_range(self, value: Any) -> str | None:
         if self.type in ("integer", "number"):
             if self.minimum is not None and value < self.minimum:
                 return f"{value} is smaller than the minimum {self.minimum}"

@@ -28,7 +28,7 @@ def txt2img(prompt: str, **params: Any) -> NewJob:
     return NewJob(graph=workflow.render(resolved), workflow="txt2img", params=resolved)
 
 
-def test_a_job_runs_end_to_end(stack: Stack, queue: JobQueue) -> None:
+def test_a_job_runs_end_to_end(stack: Stack, queue: JobQueue, sql: Any) -> None:
     stack.standin()
     job_id = queue.enqueue(txt2img("a lighthouse", seed=7))["id"]
     worker = stack.worker("w1", "--burst")
@@ -41,6 +41,8 @@ def test_a_job_runs_end_to_end(stack: Stack, queue: JobQueue) -> None:
     data = (stack.storage_dir / output["key"]).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) == output["size"]
     assert [r["event"] for r in queue.logs(job_id)] == ["queued", "claimed", "succeeded"]
+    sql.execute("SELECT status, jobs_done, current_job_id, comfyui_url FROM workers")
+    assert sql.fetchall() == [("stopped", 1, None, stack.comfy_url)]
 
 
 def test_different_seeds_give_different_images(stack: Stack, queue: JobQueue) -> None:
@@ -160,3 +162,13 @@ def test_idle_worker_wakes_on_notify_not_on_poll(stack: Stack, queue: JobQueue) 
     stack.worker("w1", poll_interval_seconds="120")
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
     wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the job to be picked up by LISTEN")
+
+
+def test_canceling_a_running_job_interrupts_it(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--node-seconds", "3")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    stack.worker("w1")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to start")
+    assert queue.cancel(job_id, "default") == {"id": job_id, "status": "running"}
+    wait_until(lambda: status_of(queue, job_id) == "canceled", 20, "the worker to stop the prompt")
+    assert [r["event"] for r in queue.logs(job_id)][-2:] == ["cancel_requested", "canceled"]

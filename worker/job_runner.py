@@ -107,7 +107,7 @@ class JobRunner:
         if result.outcome == "stopped":
             self._stop_prompt(prompt_id)
             if control.cancel_requested.is_set():
-                raise _Canceled()
+                raise _Canceled("canceled while running")
             if control.lease_lost.is_set():
                 raise Released("lease lost")
             if control.force_stop.is_set():
@@ -115,7 +115,7 @@ class JobRunner:
             raise JobTimedOut(f"attempt ran longer than its timeout of {timeout:.0f}s and was interrupted")
         if result.outcome == "interrupted":
             if control.cancel_requested.is_set():
-                raise _Canceled()
+                raise _Canceled("canceled while running")
             raise PromptLost("ComfyUI interrupted the prompt (interrupted from outside comfyq)")
         if result.outcome == "error":
             raise execution_error_from(result.error or {})
