@@ -16,7 +16,6 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
-import psycopg2.sql
 
 from comfyq.errors import ConstraintViolation, DatabaseError, DatabaseUnavailable
 from comfyq.queries import load_queries
@@ -116,8 +115,7 @@ class Database:
 
     def ping(self) -> None:
         """Raises DatabaseUnavailable unless a round trip succeeds."""
-        with _mapped_errors(), self.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
+        self.execute("ping")
 
     def close(self) -> None:
         with self._lock:
@@ -125,8 +123,9 @@ class Database:
                 self._pool.closeall()
                 self._pool = None
 
-    def listener(self, channel: str) -> Listener:
-        return Listener(self.url, channel, self._connect_kwargs)
+    def listener(self, listen_query: str) -> Listener:
+        """A Listener running the named LISTEN statement on its own connection."""
+        return Listener(self.url, self.sql(listen_query), self._connect_kwargs)
 
 
 class Session:
@@ -172,9 +171,9 @@ class Session:
 class Listener:
     """A dedicated connection that LISTENs on a channel; wait() returns early when a notification arrives."""
 
-    def __init__(self, url: str, channel: str, connect_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, url: str, listen_sql: str, connect_kwargs: Mapping[str, Any]) -> None:
         self.url = url
-        self.channel = channel
+        self.listen_sql = listen_sql
         self._connect_kwargs = dict(connect_kwargs)
         self._conn: psycopg2.extensions.connection | None = None
 
@@ -184,7 +183,7 @@ class Listener:
                 conn = psycopg2.connect(self.url, **self._connect_kwargs)
                 conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(self.channel)))
+                    cur.execute(self.listen_sql)
             self._conn = conn
         return self._conn
 

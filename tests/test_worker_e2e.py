@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 import pytest
+import requests
 
 from comfyq.jobs import JobQueue, Lease, NewJob
 from comfyq.settings import PROJECT_ROOT
@@ -172,3 +173,33 @@ def test_canceling_a_running_job_interrupts_it(stack: Stack, queue: JobQueue) ->
     assert queue.cancel(job_id, "default") == {"id": job_id, "status": "running"}
     wait_until(lambda: status_of(queue, job_id) == "canceled", 20, "the worker to stop the prompt")
     assert [r["event"] for r in queue.logs(job_id)][-2:] == ["cancel_requested", "canceled"]
+
+
+def test_websocket_drop_falls_back_to_history(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--fail", "drop", "--node-seconds", "0.2")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    assert stack.worker("w1", "--burst").wait(60) == 0
+    row = queue.get(job_id, "default")
+    assert row is not None and row["status"] == "succeeded" and row["attempts"] == 1 and row["outputs"]
+
+
+def test_execution_error_fails_with_the_node_and_truncated_inputs(stack: Stack, queue: JobQueue) -> None:
+    stack.standin("--fail", "execution_error")
+    job_id = queue.enqueue(txt2img("doomed"))["id"]
+    assert stack.worker("w1", "--burst").wait(60) == 0
+    row = queue.get(job_id, "default")
+    assert row is not None and row["status"] == "failed" and row["attempts"] == 1
+    error = row["error"]
+    assert error["type"] == "execution_error" and error["node"] == "3"
+    assert error["details"]["node_type"] == "KSampler" and len(error["details"]["current_inputs"]) <= 2100
+
+
+def test_out_of_memory_is_retried(stack: Stack, queue: JobQueue) -> None:
+    _, url = stack.standin("--fail", "oom")
+    job_id = queue.enqueue(txt2img("big", width=64, height=64))["id"]
+    stack.worker("w1", retry_base_seconds="1")
+    wait_until(lambda: any(r["event"] == "retry_scheduled" for r in queue.logs(job_id)), 30, "an OOM retry")
+    requests.post(f"{url}/standin/control", json={"fail": "none"}, timeout=5).raise_for_status()
+    wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the retry to succeed")
+    retry = next(r for r in queue.logs(job_id) if r["event"] == "retry_scheduled")
+    assert retry["details"]["error_type"] == "out_of_memory"

@@ -23,9 +23,6 @@ from comfyq.storage import build_storage
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "comfyq_jobs"
-
-
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -83,7 +80,7 @@ class Worker:
         """Work until stopped; burst mode returns when the queue is empty. Returns the number of jobs run."""
         self._register()
         self.maintenance.start()
-        listener = self.db.listener(NOTIFY_CHANNEL)
+        listener = self.db.listener("listen_jobs")
         log.info("worker %s started against %s", self.worker_id, self.settings.comfyui_url,
                  extra={"action": "worker_start"})
         try:

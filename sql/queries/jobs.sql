@@ -1,6 +1,13 @@
 -- Queue core. Every state transition writes its job_logs row in the same statement, so the log can never
 -- disagree with the row. duration_ms is the time spent in the state being left.
 
+-- name: listen_jobs
+-- Idle workers sleep on this channel; the triggers in 0001_initial.sql notify it.
+LISTEN comfyq_jobs;
+
+-- name: ping
+SELECT 1;
+
 -- name: enqueue_jobs
 -- One round trip for one job or ten thousand: the rows travel as one JSON array.
 WITH input AS (
