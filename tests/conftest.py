@@ -3,10 +3,12 @@ migrated template database built once per run, and a fresh copy of it per test."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -21,8 +23,6 @@ SQL_DIR = PROJECT_ROOT / "sql"
 
 def _with_database(url: str, name: str) -> str:
     """The same server URL pointing at another database."""
-    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
-
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
@@ -45,17 +45,24 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
     """A migrated database that every test copies (CREATE DATABASE ... TEMPLATE is much faster than
-    migrating each time)."""
-    name = f"comfyq_tpl_{uuid.uuid4().hex[:10]}"
+    migrating each time). Yields its name."""
+    with scratch_database(server_url) as url:
+        db = Database(url, SQL_DIR)
+        migrate(db, SQL_DIR / "migrations")
+        db.close()
+        yield urlsplit(url).path.lstrip("/")
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, template: str | None = None) -> Iterator[str]:
+    """A database of one test's own (a copy of template when given), dropped afterwards."""
+    name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     admin = connect_once(server_url)
     with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(server_url, name)
-    db = Database(url, SQL_DIR)
-    migrate(db, SQL_DIR / "migrations")
-    db.close()
+        cur.execute(f'CREATE DATABASE "{name}"{clause}')
     try:
-        yield name
+        yield _with_database(server_url, name)
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -65,31 +72,15 @@ def template_db(server_url: str) -> Iterator[str]:
 @pytest.fixture
 def fresh_database(server_url: str) -> Iterator[str]:
     """An empty database (no migrations) for migration tests."""
-    name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
-    admin = connect_once(server_url)
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture
 def db_url(server_url: str, template_db: str) -> Iterator[str]:
     """A migrated database of this test's own."""
-    name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
-    admin = connect_once(server_url)
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    try:
-        yield _with_database(server_url, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database(server_url, template_db) as url:
+        yield url
 
 
 @pytest.fixture
