@@ -49,9 +49,34 @@ class Settings(BaseSettings):
     comfyui_request_timeout: float = Field(default=30.0, gt=0)
     progress_min_interval_seconds: float = Field(default=0.5, ge=0)
 
-    # Storage: "local" writes under storage_dir.
+    # Storage: "local" writes under storage_dir; "s3" writes to an S3 API (MinIO, AWS, ...).
     storage_backend: str = "local"
     storage_dir: Path = PROJECT_ROOT / "var" / "outputs"
+    s3_endpoint: str | None = None  # host:port or URL of the S3 API, e.g. minio:9000
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "comfyq-outputs"
+    s3_region: str | None = None
+    s3_secure: bool = False
+    s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    # Prefetch: jobs handed to ComfyUI's own queue ahead of the one running (0 = one job at a time).
+    prefetch_depth: int = Field(default=1, ge=0, le=8)
+
+    # Input images given as URLs in params or LoadImage inputs.
+    input_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    input_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Hosts or CIDR blocks allowed even though they are private/loopback/link-local (comma separated).
+    url_allowlist: str = ""
+
+    # Completion callbacks (Standard Webhooks). The secret is "whsec_" + base64 of at least 24 random bytes.
+    callback_secret: str | None = None
+    callback_max_tries: int = Field(default=5, ge=1, le=20)
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Observability.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # worker Prometheus port; unset = off
+    log_format: str = "text"  # text | json
 
     # API.
     api_token: str | None = None
@@ -65,8 +90,15 @@ class Settings(BaseSettings):
     @field_validator("storage_backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value not in {"local"}:
-            raise ValueError(f"unknown storage backend {value!r}; expected 'local'")
+        if value not in {"local", "s3"}:
+            raise ValueError(f"unknown storage backend {value!r}; expected 'local' or 's3'")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in {"text", "json"}:
+            raise ValueError(f"unknown log format {value!r}; expected 'text' or 'json'")
         return value
 
     @field_validator("comfyui_url")

@@ -163,6 +163,24 @@ class ComfyClient:
             log.warning("could not remove prompts %s from ComfyUI's queue", prompt_ids,
                         extra={"action": "queue_delete"})
 
+    def upload_image(self, name: str, data: bytes, content_type: str) -> str:
+        """POST /upload/image; returns the name ComfyUI stored it under (it renames on a clash, so the
+        returned name is the one to use in LoadImage)."""
+        files = {"image": (name, data, content_type)}
+        response = self._request("POST", "/upload/image", files=files, data={"type": "input", "overwrite": "false"})
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to /upload/image: {response.text[:200]}")
+        payload = response.json()
+        subfolder = payload.get("subfolder") or ""
+        return f"{subfolder}/{payload['name']}" if subfolder else str(payload["name"])
+
+    def free_memory(self) -> None:
+        """Ask ComfyUI to unload models and free memory (after an out-of-memory error)."""
+        try:
+            self._request("POST", "/free", json={"unload_models": True, "free_memory": True})
+        except ComfyUnavailable:
+            log.warning("could not ask ComfyUI to free memory", extra={"action": "free"})
+
     def system_stats(self) -> dict[str, Any]:
         response = self._request("GET", "/system_stats")
         if response.status_code != 200:
