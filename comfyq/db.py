@@ -58,6 +58,8 @@ class Database:
         self._max = max_size
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._lock = threading.Lock()
+        # psycopg2's pool raises when exhausted; callers wait for a free connection instead.
+        self._slots = threading.BoundedSemaphore(max_size)
 
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         # Built lazily so a process can start while the database is still down and recover later.
@@ -71,6 +73,12 @@ class Database:
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
         """An autocommit connection; a broken one is discarded rather than returned to the pool."""
+        with self._slots:
+            with self._checked_out() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _checked_out(self) -> Iterator[psycopg2.extensions.connection]:
         pool = self._get_pool()
         with _mapped_errors():
             conn = pool.getconn()

@@ -106,6 +106,29 @@ class ProgressTracker:
         self._set(node_id, maximum, maximum, "finished")
 
 
+class BusyStats:
+    """How long the "GPU" was busy, so a benchmark can divide busy time by wall time."""
+
+    def __init__(self) -> None:
+        self.busy_seconds = 0.0
+        self.prompts = 0
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+
+    def record(self, started: float, ended: float) -> None:
+        self.busy_seconds += ended - started
+        self.prompts += 1
+        self.first_start = started if self.first_start is None else self.first_start
+        self.last_end = ended
+
+    def view(self) -> dict[str, Any]:
+        return {"busy_seconds": self.busy_seconds, "prompts": self.prompts, "first_start": self.first_start,
+                "last_end": self.last_end}
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
 class Executor:
     def __init__(self, config: Config, state: PromptState, hub: Hub) -> None:
         self.config = config
@@ -115,6 +138,7 @@ class Executor:
         self.current_client_id: str | None = None
         self.last_node_id: str | None = None
         self.cache: dict[str, CacheEntry] = {}
+        self.stats = BusyStats()
 
     def interrupt(self) -> None:
         self.interrupt_requested = True
@@ -128,6 +152,7 @@ class Executor:
             item = await self.state.get()
             prompt_id = item[1]
             client_id = item[3].get("client_id")
+            started = time.time()
             try:
                 entry = await self.execute(item)
             except Exception:
@@ -139,6 +164,7 @@ class Executor:
                     "meta": {},
                 }
             self.state.task_done(item, entry)
+            self.stats.record(started, time.time())
             if client_id is not None:
                 self.hub.send("executing", {"node": None, "prompt_id": prompt_id}, client_id)
             self.last_node_id = None

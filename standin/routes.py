@@ -330,6 +330,16 @@ async def get_control(request: web.Request) -> web.Response:
     return web.json_response(_services(request).config.control_view())
 
 
+async def get_stats(request: web.Request) -> web.Response:
+    """Busy time of the executor (the stand-in's own route): busy_seconds / (last_end - first_start)."""
+    return web.json_response(_services(request).executor.stats.view())
+
+
+async def delete_stats(request: web.Request) -> web.Response:
+    _services(request).executor.stats.reset()
+    return web.json_response(_services(request).executor.stats.view())
+
+
 async def post_control(request: web.Request) -> web.Response:
     config = _services(request).config
     try:
@@ -364,6 +374,8 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/ws", websocket_handler),
     ("GET", "/standin/control", get_control),
     ("POST", "/standin/control", post_control),
+    ("GET", "/standin/stats", get_stats),
+    ("DELETE", "/standin/stats", delete_stats),
 ]
 
 

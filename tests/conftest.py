@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -113,4 +114,23 @@ def project_path(*parts: str) -> Path:
     return PROJECT_ROOT.joinpath(*parts)
 
 
+FIGURES_KEY = pytest.StashKey[list[tuple[str, str]]]()
+
+
+@pytest.fixture
+def record_figure(request: pytest.FixtureRequest) -> Any:
+    """Report a measured figure in the run's summary (figures are reported, never asserted on)."""
+    figures = request.config.stash.setdefault(FIGURES_KEY, [])
+    return lambda name, value: figures.append((name, value))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES_KEY, [])
+    if figures:
+        terminalreporter.section("measured figures")
+        for name, value in figures:
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 from tests.e2e_support import stack  # noqa: E402,F401 - fixture shared by the multi-process tests
+from tests.s3_server import s3_server, s3_storage  # noqa: E402,F401 - a real S3 API (moto) for storage tests

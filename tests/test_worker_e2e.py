@@ -145,7 +145,7 @@ def test_sigterm_finishes_the_current_job(stack: Stack, queue: JobQueue) -> None
 
 
 def test_second_sigterm_releases_the_job(stack: Stack, queue: JobQueue) -> None:
-    stack.standin("--node-seconds", "5")
+    stack.standin("--node-seconds", "2")
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
     worker = stack.worker("w1")
     wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to start")

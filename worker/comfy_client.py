@@ -131,14 +131,18 @@ class ComfyClient:
         entry = payload.get(prompt_id) if isinstance(payload, dict) else None
         return entry if isinstance(entry, dict) else None
 
-    def queued_prompt_ids(self) -> set[str]:
+    def queue_state(self) -> tuple[set[str], set[str]]:
+        """(running, pending) prompt ids from GET /queue."""
         payload = self._request("GET", "/queue").json()
-        ids = set()
-        for key in ("queue_running", "queue_pending"):
-            for item in payload.get(key, []):
-                if isinstance(item, list) and len(item) > 1:
-                    ids.add(str(item[1]))
-        return ids
+
+        def ids(key: str) -> set[str]:
+            return {str(item[1]) for item in payload.get(key, []) if isinstance(item, list) and len(item) > 1}
+
+        return ids("queue_running"), ids("queue_pending")
+
+    def queued_prompt_ids(self) -> set[str]:
+        running, pending = self.queue_state()
+        return running | pending
 
     def view(self, output: OutputFile) -> tuple[bytes, str]:
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.kind}

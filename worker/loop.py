@@ -1,5 +1,6 @@
-"""The worker loop: claim with SKIP LOCKED, sleep on LISTEN with a poll fallback, run one job at a time,
-and stop gracefully (first signal: finish the job; second: release it now)."""
+"""The worker: registers itself, runs the pipeline (claim with SKIP LOCKED, keep ComfyUI's queue fed, sleep on
+LISTEN with a poll fallback when idle) and stops gracefully: the first signal lets the running job finish and
+hands prefetched ones back; the second interrupts and hands back everything at once."""
 
 from __future__ import annotations
 
@@ -8,20 +9,26 @@ import os
 import select
 import signal
 import socket
+import threading
+import time
 import uuid
 from types import FrameType
 
+from comfyq_worker.attempt import Attempt
 from comfyq_worker.comfy_client import ComfyClient
-from comfyq_worker.job_runner import AttemptControl, JobRunner
+from comfyq_worker.event_stream import EventStream
+from comfyq_worker.finisher import Finisher
 from comfyq_worker.maintenance import Maintenance
+from comfyq_worker.pipeline import Pipeline
 
-from comfyq.db import Database
+from comfyq.db import Database, Listener
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
 
 log = logging.getLogger(__name__)
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -33,19 +40,26 @@ class Worker:
         self.db = db
         self.worker_id = settings.worker_id or default_worker_id()
         self.queue = JobQueue(db, lease_seconds=settings.lease_seconds)
-        comfy = ComfyClient(settings.comfyui_url, client_id=f"comfyq-{self.worker_id}",
-                            connect_timeout=settings.comfyui_connect_timeout,
-                            request_timeout=settings.comfyui_request_timeout)
-        self.runner = JobRunner(settings, self.queue, comfy, build_storage(settings.storage_backend,
-                                                                           settings.storage_dir))
-        self.maintenance = Maintenance(db, self.queue, self.worker_id,
-                                       heartbeat_seconds=settings.heartbeat_seconds,
-                                       rescue_seconds=settings.rescue_interval_seconds)
+        client_id = f"comfyq-{self.worker_id}"
+
+        def comfy() -> ComfyClient:  # one per thread: requests sessions are not shared across threads
+            return ComfyClient(settings.comfyui_url, client_id=client_id,
+                               connect_timeout=settings.comfyui_connect_timeout,
+                               request_timeout=settings.comfyui_request_timeout)
+
+        self.maintenance = Maintenance(db, self.queue, self.worker_id, heartbeat_seconds=settings.heartbeat_seconds,
+                                       rescue_seconds=settings.rescue_interval_seconds, on_flag=self._kick)
+        self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self._recorded)
+        self.stream = EventStream(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
+                                  on_drop=self._on_socket_drop)
+        self.pipeline = Pipeline(settings, self.queue, comfy(), self.stream, self.finisher, self.worker_id,
+                                 track=self.maintenance.track, untrack=self.maintenance.untrack)
         self.stopping = False
-        self._current: AttemptControl | None = None
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         self.jobs_run = 0
+        self.max_jobs: int | None = None
+        self._claim_soon = threading.Event()
 
     # Signals ----------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -64,56 +78,53 @@ class Worker:
     def request_stop(self) -> None:
         self.stopping = True
         self.maintenance.status = "draining"
+        self.pipeline.request_stop(force=False)
+        self._kick()
+
+    def request_force_stop(self) -> None:
+        self.stopping = True
+        self.pipeline.request_stop(force=True)
+        self._kick()
+
+    def _kick(self) -> None:
+        self.pipeline.kick.set()
         try:
             os.write(self._wake_write, b"x")
         except BlockingIOError:
             pass
 
-    def request_force_stop(self) -> None:
-        self.request_stop()
-        current = self._current
-        if current is not None:
-            current.force_stop.set()
+    def _on_socket_drop(self) -> None:
+        self.pipeline.on_socket_drop()
+        self._kick()
+
+    def _recorded(self, attempt: Attempt, status: str) -> None:
+        """Finisher callback (its thread): the attempt is written; its lease no longer needs renewing."""
+        self.maintenance.untrack(attempt)
+        if status in ("succeeded", "failed", "canceled"):
+            self.jobs_run += 1
+        self._claim_soon.set()
+        self._kick()
 
     # Loop -------------------------------------------------------------------------------------------
+    def _may_claim(self) -> bool:
+        if self.max_jobs is None:
+            return True
+        return self.jobs_run + len(self.pipeline.active) + self.finisher.pending < self.max_jobs
+
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> int:
-        """Work until stopped; burst mode returns when the queue is empty. Returns the number of jobs run."""
-        self._register()
+        """Work until stopped; burst mode returns when no job is eligible. Returns the number of jobs run."""
+        self.max_jobs = max_jobs
+        self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),
+                                            "pid": os.getpid(), "comfyui_url": self.settings.comfyui_url})
         self.maintenance.start()
         listener = self.db.listener("listen_jobs")
-        log.info("worker %s started against %s", self.worker_id, self.settings.comfyui_url,
-                 extra={"action": "worker_start"})
+        log.info("worker %s started against %s (prefetch %d)", self.worker_id, self.settings.comfyui_url,
+                 self.settings.prefetch_depth, extra={"action": "worker_start"})
         try:
-            while not self.stopping:
-                if max_jobs is not None and self.jobs_run >= max_jobs:
-                    break
-                try:
-                    job = self.queue.claim(self.worker_id)
-                except DatabaseUnavailable as exc:
-                    log.warning("database unavailable, retrying: %s", exc, extra={"action": "claim"})
-                    self._sleep(min(5.0, self.settings.poll_interval_seconds))
-                    continue
-                if job is None:
-                    if burst:
-                        break
-                    try:
-                        listener.wait(self._idle_timeout(), wake_fds=[self._wake_read])
-                    except DatabaseUnavailable as exc:
-                        log.warning("LISTEN connection lost: %s", exc, extra={"action": "listen"})
-                        self._sleep(min(5.0, self.settings.poll_interval_seconds))
-                    continue
-                control = AttemptControl(job.lease)
-                self._current = control
-                self.maintenance.track(control)
-                try:
-                    log.info("job %s claimed (attempt %s, priority %s)", job.id, job.attempt, job.priority,
-                             extra={"action": "claimed", "job_id": job.id})
-                    self.runner.run(job, control)
-                finally:
-                    self.maintenance.track(None)
-                    self._current = None
-                self.jobs_run += 1
+            self._loop(listener, burst)
         finally:
+            self.finisher.close()
+            self.stream.close()
             listener.close()
             self.maintenance.shutdown()
             try:
@@ -124,6 +135,41 @@ class Worker:
                      extra={"action": "worker_stop"})
         return self.jobs_run
 
+    def _loop(self, listener: Listener, burst: bool) -> None:
+        """Claim only when there is room in the pipeline and a reason to expect a job (a NOTIFY, a finished
+        attempt, a delayed job coming due, or the poll interval), so a busy worker does not hammer the queue."""
+        pipeline = self.pipeline
+        next_claim = 0.0
+        while True:
+            now = time.monotonic()
+            if self._claim_soon.is_set():
+                self._claim_soon.clear()
+                next_claim = 0.0
+            if not self.stopping and pipeline.has_room and self._may_claim() and now >= next_claim:
+                try:
+                    pipeline.fill(self._may_claim)
+                except DatabaseUnavailable as exc:
+                    log.warning("database unavailable, retrying: %s", exc, extra={"action": "claim"})
+                    self._sleep(min(5.0, self.settings.poll_interval_seconds))
+                    continue
+                if pipeline.has_room:  # nothing eligible right now
+                    next_claim = now + self._idle_timeout()
+            if not pipeline.idle:
+                pipeline.wait()
+                pipeline.supervise()
+                if listener.wait(0):
+                    next_claim = 0.0
+                continue
+            if self.stopping or burst or (self.max_jobs is not None and not self._may_claim()):
+                return
+            try:
+                if listener.wait(max(0.0, next_claim - time.monotonic()), wake_fds=[self._wake_read]):
+                    next_claim = 0.0
+            except DatabaseUnavailable as exc:
+                log.warning("LISTEN connection lost: %s", exc, extra={"action": "listen"})
+                self._sleep(min(5.0, self.settings.poll_interval_seconds))
+            self._drain_wake()
+
     def _idle_timeout(self) -> float:
         """Sleep until the next delayed job is due, at most the poll interval: a retry waits its backoff,
         not its backoff plus a poll period. NOTIFY ends the sleep earlier for new jobs."""
@@ -131,10 +177,6 @@ class Worker:
         if due is None:
             return self.settings.poll_interval_seconds
         return min(self.settings.poll_interval_seconds, due + 0.005)
-
-    def _register(self) -> None:
-        self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),
-                                            "pid": os.getpid(), "comfyui_url": self.settings.comfyui_url})
 
     def _sleep(self, seconds: float) -> None:
         """Sleep that a signal cuts short."""
@@ -150,4 +192,3 @@ class Worker:
             pass
         finally:
             os.set_blocking(self._wake_read, True)
-

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from comfyq_worker.job_runner import AttemptControl
+from comfyq_worker.attempt import Attempt
 
 from comfyq.db import Database
 from comfyq.errors import ComfyqError
@@ -17,15 +18,16 @@ log = logging.getLogger(__name__)
 
 
 class Maintenance:
-    """Owns the scheduler thread; the worker loop tells it which attempt is current."""
+    """Owns the scheduler thread; the pipeline tells it which attempts hold leases."""
 
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
-                 rescue_seconds: float) -> None:
+                 rescue_seconds: float, on_flag: Callable[[], None] = lambda: None) -> None:
         self.db = db
         self.queue = queue
         self.worker_id = worker_id
         self.status = "running"
-        self._current: AttemptControl | None = None
+        self.on_flag = on_flag
+        self._held: dict[int, Attempt] = {}
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
                                                                         "misfire_grace_time": None})
@@ -38,26 +40,42 @@ class Maintenance:
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=True)
 
-    def track(self, control: AttemptControl | None) -> None:
+    def track(self, attempt: Attempt) -> None:
         with self._lock:
-            self._current = control
+            self._held[attempt.job.id] = attempt
+
+    def untrack(self, attempt: Attempt) -> None:
+        with self._lock:
+            if self._held.get(attempt.job.id) is attempt:
+                del self._held[attempt.job.id]
+
+    def held(self) -> list[Attempt]:
+        with self._lock:
+            return list(self._held.values())
 
     def heartbeat(self) -> None:
-        """Mark the worker alive and renew the current lease; raise the attempt's flags on cancel or loss."""
-        with self._lock:
-            control = self._current
+        """Mark the worker alive and renew every held lease (running, prefetched, being recorded); raise
+        an attempt's flags when its job was canceled or its lease was lost."""
+        attempts = self.held()
         try:
             self.db.execute("worker_heartbeat", {"id": self.worker_id, "status": self.status})
-            if control is None:
+            if not attempts:
                 return
-            held = self.queue.renew(self.worker_id, [control.lease])
+            held = self.queue.renew(self.worker_id, [a.lease for a in attempts])
         except ComfyqError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
             return
-        if control.lease.job_id not in held:
-            control.lease_lost.set()
-        elif held[control.lease.job_id]:
-            control.cancel_requested.set()
+        flagged = False
+        for attempt in attempts:
+            if attempt.job.id not in held:
+                if not attempt.lease_lost.is_set():
+                    attempt.lease_lost.set()
+                    flagged = True
+            elif held[attempt.job.id] and not attempt.cancel_requested.is_set():
+                attempt.cancel_requested.set()
+                flagged = True
+        if flagged:
+            self.on_flag()
 
     def rescue(self) -> None:
         """Requeue jobs of dead workers and expire queued jobs past their deadline."""
