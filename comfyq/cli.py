@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure(get_settings().log_level)
+    configure(get_settings().log_level, get_settings().log_format)
     try:
         return int(args.func(args))
     except ComfyqError as exc:

@@ -19,4 +19,4 @@ preload_app = False
 def post_fork(server, worker):
     from comfyq.logs import configure  # noqa: PLC0415 - after fork, in the worker process
 
-    configure(os.environ.get("COMFYQ_LOG_LEVEL", "INFO"))
+    configure(os.environ.get("COMFYQ_LOG_LEVEL", "INFO"), os.environ.get("COMFYQ_LOG_FORMAT", "text"))

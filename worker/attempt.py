@@ -47,6 +47,7 @@ class Attempt:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    ended_at: float | None = None
     blind: bool = False             # the socket dropped while it was in flight: poll history for its end
     interrupt_sent: bool = False
     stop_reason: str | None = None  # cancel | timeout | shutdown | lease_lost
@@ -92,6 +93,7 @@ class Attempt:
             if self._done.is_set():
                 return False
             self.outcome = outcome
+            self.ended_at = time.monotonic()
             self.failure = failure
             if error_event is not None:
                 self.error_event = error_event

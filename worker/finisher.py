@@ -4,12 +4,14 @@ job N happen while ComfyUI already runs job N+1."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from comfyq_worker.attempt import ABANDONED, ERROR, FAILED, INTERRUPTED, SUCCESS, UNSTARTED, Attempt
 from comfyq_worker.comfy_client import ComfyClient, OutOfMemory, execution_error_from, output_files, result_from_history
+from comfyq_worker.metrics import WorkerMetrics
 
 from comfyq.backoff import retry_delay
 from comfyq.errors import (
@@ -19,7 +21,8 @@ from comfyq.errors import (
     JobTimedOut,
     PromptLost,
 )
-from comfyq.jobs import JobQueue
+from comfyq.jobs import TERMINAL_STATUSES, JobQueue
+from comfyq.logs import log_context
 from comfyq.settings import Settings
 from comfyq.storage import Storage, object_key
 
@@ -30,12 +33,15 @@ class Finisher:
     """One thread, so attempts are recorded in the order ComfyUI finished them."""
 
     def __init__(self, settings: Settings, queue: JobQueue, comfy: ComfyClient, storage: Storage,
-                 on_recorded: Callable[[Attempt, str], None]) -> None:
+                 on_recorded: Callable[[Attempt, str], None], *, metrics: WorkerMetrics | None = None,
+                 on_terminal: Callable[[int], None] = lambda job_id: None) -> None:
         self.settings = settings
         self.queue = queue
         self.comfy = comfy
         self.storage = storage
         self.on_recorded = on_recorded
+        self.metrics = metrics
+        self.on_terminal = on_terminal
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
         self._pending: set[Future[str]] = set()
 
@@ -57,7 +63,8 @@ class Finisher:
 
     def _record_safely(self, attempt: Attempt) -> str:
         try:
-            status = self.record(attempt)
+            with log_context(job_id=attempt.job.id, attempt=attempt.job.attempt, prompt_id=attempt.prompt_id):
+                status = self.record(attempt)
         except ComfyqError as exc:  # database down mid-write: the lease expires and the job is rescued
             log.error("job %s attempt %s could not be recorded: %s", attempt.job.id, attempt.job.attempt, exc,
                       extra={"action": "record_failed", "job_id": attempt.job.id})
@@ -66,8 +73,19 @@ class Finisher:
             log.exception("job %s attempt %s: unexpected error while recording", attempt.job.id,
                           attempt.job.attempt, extra={"action": "record_failed", "job_id": attempt.job.id})
             status = "unknown"
+        self._observe(attempt, status)
+        if status in TERMINAL_STATUSES:
+            self.on_terminal(attempt.job.id)
         self.on_recorded(attempt, status)
         return status
+
+    def _observe(self, attempt: Attempt, status: str) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.jobs(status).inc()
+        self.metrics.job_seconds.observe(time.monotonic() - attempt.submitted_at)
+        if attempt.started_at is not None and attempt.ended_at is not None:
+            self.metrics.executed(attempt.ended_at - attempt.started_at)
 
     def record(self, attempt: Attempt) -> str:
         """Turn the attempt's ending into the job's next state; returns that state."""
@@ -151,6 +169,8 @@ class Finisher:
             obj = self.storage.put(object_key(attempt.job.id, attempt.job.attempt, output.filename), data,
                                    content_type)
             stored.append({**obj.to_record(), "node_id": output.node_id, "filename": output.filename})
+            if self.metrics is not None:
+                self.metrics.storage_bytes.inc(obj.size)
         return stored
 
     def _fail(self, attempt: Attempt, exc: JobFailure) -> str:
@@ -163,6 +183,8 @@ class Finisher:
                         extra={"action": "lease_lost", **extra})
             return "lost"
         if row["status"] == "queued":
+            if self.metrics is not None:
+                self.metrics.retries.labels(exc.error_type).inc()
             log.warning("job %s attempt %s failed (%s), retry in %.1fs: %s", job.id, job.attempt, exc.error_type,
                         delay, exc.message, extra={"action": "retry_scheduled", **extra})
         else:

@@ -13,17 +13,22 @@ import threading
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 from comfyq_worker.attempt import Attempt
+from comfyq_worker.callbacks import CallbackSender
 from comfyq_worker.comfy_client import ComfyClient
 from comfyq_worker.event_stream import EventStream
 from comfyq_worker.finisher import Finisher
+from comfyq_worker.input_images import localize_images
 from comfyq_worker.maintenance import Maintenance
+from comfyq_worker.metrics import WorkerMetrics
 from comfyq_worker.pipeline import Pipeline
 
 from comfyq.db import Database, Listener
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
+from comfyq.netguard import AddressGuard
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
 
@@ -47,13 +52,25 @@ class Worker:
                                connect_timeout=settings.comfyui_connect_timeout,
                                request_timeout=settings.comfyui_request_timeout)
 
+        self.metrics = WorkerMetrics(self.worker_id)
+        guard = AddressGuard(settings.url_allowlist)
+        self.callbacks = CallbackSender(db, guard, settings.callback_secret, max_tries=settings.callback_max_tries,
+                                        timeout=settings.callback_timeout_seconds)
         self.maintenance = Maintenance(db, self.queue, self.worker_id, heartbeat_seconds=settings.heartbeat_seconds,
-                                       rescue_seconds=settings.rescue_interval_seconds, on_flag=self._kick)
-        self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self._recorded)
+                                       rescue_seconds=settings.rescue_interval_seconds, on_flag=self._kick,
+                                       on_terminal=self._notify_terminal)
+        self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self._recorded,
+                                 metrics=self.metrics, on_terminal=self._notify_terminal)
         self.stream = EventStream(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
                                   on_drop=self._on_socket_drop)
-        self.pipeline = Pipeline(settings, self.queue, comfy(), self.stream, self.finisher, self.worker_id,
-                                 track=self.maintenance.track, untrack=self.maintenance.untrack)
+        pipeline_comfy = comfy()
+
+        def localize(graph: dict[str, Any]) -> dict[str, Any]:
+            return localize_images(graph, pipeline_comfy, guard, max_bytes=settings.input_max_bytes,
+                                   timeout=settings.input_timeout_seconds)
+
+        self.pipeline = Pipeline(settings, self.queue, pipeline_comfy, self.stream, self.finisher, self.worker_id,
+                                 track=self.maintenance.track, untrack=self.maintenance.untrack, prepare=localize)
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -97,6 +114,16 @@ class Worker:
         self.pipeline.on_socket_drop()
         self._kick()
 
+    def _notify_terminal(self, job_id: int) -> None:
+        """A job reached a final state: send its completion callback (if it has a callback_url)."""
+        try:
+            row = self.queue.get_any(job_id)
+        except ComfyqError as exc:
+            log.warning("could not load job %s for its callback: %s", job_id, exc, extra={"action": "callback"})
+            return
+        if row is not None and row.get("callback_url"):
+            self.callbacks.notify(row)
+
     def _recorded(self, attempt: Attempt, status: str) -> None:
         """Finisher callback (its thread): the attempt is written; its lease no longer needs renewing."""
         self.maintenance.untrack(attempt)
@@ -117,6 +144,8 @@ class Worker:
         self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),
                                             "pid": os.getpid(), "comfyui_url": self.settings.comfyui_url})
         self.maintenance.start()
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
         listener = self.db.listener("listen_jobs")
         log.info("worker %s started against %s (prefetch %d)", self.worker_id, self.settings.comfyui_url,
                  self.settings.prefetch_depth, extra={"action": "worker_start"})
@@ -124,6 +153,7 @@ class Worker:
             self._loop(listener, burst)
         finally:
             self.finisher.close()
+            self.callbacks.close(timeout=10)
             self.stream.close()
             listener.close()
             self.maintenance.shutdown()

@@ -21,12 +21,14 @@ class Maintenance:
     """Owns the scheduler thread; the pipeline tells it which attempts hold leases."""
 
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
-                 rescue_seconds: float, on_flag: Callable[[], None] = lambda: None) -> None:
+                 rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
+                 on_terminal: Callable[[int], None] = lambda job_id: None) -> None:
         self.db = db
         self.queue = queue
         self.worker_id = worker_id
         self.status = "running"
         self.on_flag = on_flag
+        self.on_terminal = on_terminal
         self._held: dict[int, Attempt] = {}
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
@@ -80,9 +82,11 @@ class Maintenance:
     def rescue(self) -> None:
         """Requeue jobs of dead workers and expire queued jobs past their deadline."""
         try:
-            self.queue.rescue_expired()
+            ended = [row["id"] for row in self.queue.rescue_expired() if row["status"] != "queued"]
             expired = self.queue.expire_overdue()
             if expired:
                 log.info("expired %d jobs past their deadline", len(expired), extra={"action": "expire"})
+            for job_id in ended + expired:
+                self.on_terminal(job_id)
         except ComfyqError as exc:
             log.warning("rescue tick failed: %s", exc, extra={"action": "rescue"})

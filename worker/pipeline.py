@@ -27,6 +27,7 @@ from comfyq_worker.finisher import Finisher
 
 from comfyq.errors import ComfyUnavailable, JobFailure, PromptLost
 from comfyq.jobs import ClaimedJob, JobQueue
+from comfyq.logs import log_context
 from comfyq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class Pipeline:
         return claimed
 
     def submit(self, job: ClaimedJob) -> Attempt:
+        with log_context(job_id=job.id, attempt=job.attempt):
+            return self._submit(job)
+
+    def _submit(self, job: ClaimedJob) -> Attempt:
         timeout = float(job.timeout_seconds or self.settings.job_timeout_seconds)
         attempt = Attempt(job=job, prompt_id=str(uuid.uuid4()), timeout=timeout, on_done=self.kick.set)
         self.track(attempt)

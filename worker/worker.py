@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     if args.command == "healthcheck":
         return healthcheck()
     from comfyq_worker.loop import Worker  # noqa: PLC0415

@@ -272,3 +272,7 @@ SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;
 -- How long an idle worker may sleep before a delayed job (a retry) becomes eligible; NULL when none waits.
 SELECT greatest(0, extract(epoch FROM min(run_at) - now()))::float8 AS seconds
 FROM job_queue WHERE status = 'queued';
+
+-- name: get_job_by_id
+-- Internal reads (workers, callbacks) that are not on behalf of a tenant.
+SELECT * FROM job_queue WHERE id = %(id)s;
