@@ -112,3 +112,43 @@ def test_readiness_reports_a_dead_database() -> None:
     submit = app.test_client().post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}},
                                     headers=AUTH)
     assert submit.status_code == 503 and submit.headers["Retry-After"]
+
+
+def test_callback_url_is_stored_and_checked(client: FlaskClient, sql: Any) -> None:
+    ok = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"},
+                                    "callback_url": "https://hooks.example.com/comfyq"}, headers=AUTH)
+    assert ok.status_code == 202
+    assert client.get(ok.headers["Location"], headers=AUTH).get_json()["callback_url"] == \
+        "https://hooks.example.com/comfyq"
+    bad = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"},
+                                     "callback_url": "ftp://hooks.example.com/x"}, headers=AUTH)
+    assert bad.status_code == 422 and bad.get_json()["error"]["details"][0]["field"] == "callback_url"
+    assert count_jobs(sql) == 1
+
+
+def test_outputs_in_s3_come_with_presigned_urls(db_url: str, s3_server: Any) -> None:
+    import requests  # noqa: PLC0415
+
+    from comfyq.db import Database  # noqa: PLC0415
+    from comfyq.jobs import JobQueue, NewJob  # noqa: PLC0415
+    from tests.conftest import SQL_DIR  # noqa: PLC0415
+    from tests.s3_server import unique_bucket  # noqa: PLC0415
+
+    bucket = unique_bucket()
+    settings = Settings(database_url=db_url, api_token=TOKEN, storage_backend="s3", s3_endpoint=s3_server.endpoint,
+                        s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key, s3_bucket=bucket)
+    storage = s3_server.storage(bucket)
+    stored = storage.put("1/1/out.png", b"\x89PNG fake bytes", "image/png")
+    db = Database(db_url, SQL_DIR)
+    queue = JobQueue(db)
+    job_id = queue.enqueue(NewJob(graph={"1": {"class_type": "X", "inputs": {}}}))["id"]
+    claimed = queue.claim("w")
+    assert claimed is not None and queue.complete(claimed.lease, [stored.to_record()])
+    db.close()
+    app = create_app(settings)
+    body = app.test_client().get(f"/jobs/{job_id}", headers=AUTH).get_json()
+    [output] = body["outputs"]
+    assert output["key"] == "1/1/out.png" and output["url"].startswith("http://")
+    download = requests.get(output["url"], timeout=10)
+    assert download.status_code == 200 and download.content == b"\x89PNG fake bytes"
+    app.extensions["comfyq"].db.close()

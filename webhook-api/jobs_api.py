@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from comfyq_api.api_errors import ApiError
@@ -13,12 +14,14 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from comfyq.jobs import NewJob
 from comfyq.settings import Settings
+from comfyq.storage import Storage, StorageFailure
 from comfyq.workflows import ParamError
 
+log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
 PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "max_attempts", "progress",
-                 "current_node", "timeout_seconds", "cancel_requested", "error", "outputs")
+                 "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 
 
@@ -61,12 +64,24 @@ def build_job(req: JobRequest, tenant: str, settings: Settings) -> NewJob:
             raise ApiError(422, "invalid_graph", "the graph is not a valid ComfyUI API-format graph", problems)
     return NewJob(graph=graph, workflow=req.workflow, params=params, priority=req.priority,
                   max_attempts=req.max_attempts or settings.default_max_attempts, tenant=tenant,
-                  timeout_seconds=req.timeout_seconds, deadline=req.deadline)
+                  timeout_seconds=req.timeout_seconds, deadline=req.deadline, callback_url=req.callback_url)
+
+
+def _signed(storage: Storage, key: str, expires: int) -> str | None:
+    """A download URL, or None when the backend has none or cannot sign right now (the job is still shown)."""
+    try:
+        return storage.presigned_url(key, expires)
+    except StorageFailure as exc:
+        log.warning("cannot sign a URL for %s: %s", key, exc, extra={"action": "presign"})
+        return None
 
 
 def present(row: dict[str, Any]) -> dict[str, Any]:
-    """The public view of a job row."""
+    """The public view of a job row; stored outputs get a download URL where the backend can sign one."""
     out = {key: row.get(key) for key in PUBLIC_FIELDS}
+    storage = services().storage
+    expires = current_app.config["COMFYQ_SETTINGS"].s3_presign_seconds
+    out["outputs"] = [{**output, "url": _signed(storage, output["key"], expires)} for output in row.get("outputs") or []]
     for key in TIME_FIELDS:
         value = row.get(key)
         out[key] = value.isoformat() if value is not None else None

@@ -20,6 +20,8 @@ class JobRequest(BaseModel):
     max_attempts: StrictInt | None = Field(default=None, ge=1, le=100)
     timeout_seconds: StrictInt | None = Field(default=None, ge=1, le=86400)
     deadline: datetime | None = None
+    callback_url: StrictStr | None = Field(default=None, max_length=2000,
+                                           pattern=r"^https?://[^\s/?#]+[^\s]*$")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:

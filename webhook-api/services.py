@@ -12,6 +12,7 @@ from comfyq.connect import open_database
 from comfyq.db import Database
 from comfyq.jobs import JobQueue
 from comfyq.settings import Settings
+from comfyq.storage import Storage, build_storage
 from comfyq.workflows import Workflow, load_workflows
 
 
@@ -20,6 +21,7 @@ class Services:
     db: Database
     queue: JobQueue
     workflows: dict[str, Workflow]
+    storage: Storage
 
 
 _lock = threading.Lock()
@@ -28,7 +30,7 @@ _lock = threading.Lock()
 def build_services(settings: Settings) -> Services:
     db = open_database(settings, application_name="comfyq-api", start_embedded=False)
     return Services(db=db, queue=JobQueue(db, lease_seconds=settings.lease_seconds),
-                    workflows=load_workflows(settings.workflows_dir))
+                    workflows=load_workflows(settings.workflows_dir), storage=build_storage(settings))
 
 
 def services() -> Services:

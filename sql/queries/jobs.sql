@@ -102,7 +102,9 @@ WITH done AS (
            jsonb_build_object('outputs', jsonb_array_length(%(outputs)s::jsonb))
     FROM done
 ), worker AS (
-    UPDATE workers w SET current_job_id = NULL, jobs_done = w.jobs_done + 1
+    UPDATE workers w
+    SET current_job_id = CASE WHEN w.current_job_id = done.id THEN NULL ELSE w.current_job_id END,
+        jobs_done = w.jobs_done + 1
     FROM done WHERE w.id = done.worker_id
 )
 SELECT id, 'succeeded' AS status FROM done;
@@ -135,7 +137,7 @@ WITH prev AS (
            greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
     FROM upd
 ), worker AS (
-    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id AND w.current_job_id = upd.id
 )
 SELECT id, status, attempts, run_at FROM upd;
 
@@ -153,7 +155,7 @@ WITH upd AS (
            greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
     FROM upd
 ), worker AS (
-    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id AND w.current_job_id = upd.id
 )
 SELECT id, 'queued' AS status FROM upd;
 
@@ -170,7 +172,7 @@ WITH upd AS (
            greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint)
     FROM upd
 ), worker AS (
-    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id
+    UPDATE workers w SET current_job_id = NULL FROM upd WHERE w.id = upd.worker_id AND w.current_job_id = upd.id
 )
 SELECT id, 'canceled' AS status FROM upd;
 
