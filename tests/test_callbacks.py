@@ -7,10 +7,8 @@ import base64
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,57 +20,11 @@ from comfyq.errors import ConfigurationError
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.netguard import AddressGuard
 from tests.e2e_support import free_port, wait_until
+from tests.http_servers import Receiver
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
 OUTPUTS = [{"node_id": "9", "key": "jobs/1/a.png", "url": "http://files.test/a.png"}]
-
-
-class Receiver:
-    """A real HTTP receiver on 127.0.0.1: answers POSTs with the scripted statuses, then `default`."""
-
-    def __init__(self, statuses: list[int], default: int, delay: float) -> None:
-        self.statuses = list(statuses)
-        self.default = default
-        self.delay = delay
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                time.sleep(receiver.delay)
-                status = receiver.statuses.pop(0) if receiver.statuses else receiver.default
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/comfyq"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def start(statuses: list[int] | None = None, default: int = 200, delay: float = 0.0) -> Receiver:
-        started.append(Receiver(statuses or [], default, delay))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
 
 
 @pytest.fixture

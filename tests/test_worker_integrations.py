@@ -18,8 +18,7 @@ from standardwebhooks import Webhook
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import PROJECT_ROOT
 from tests.e2e_support import TINY_GRAPH, Stack, free_port, wait_until
-from tests.test_callbacks import Receiver, receiver  # noqa: F401 - fixture
-from tests.test_input_images import RED, image_host  # noqa: F401 - fixture
+from tests.http_servers import RED, Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ def test_loopback_input_url_without_allowlist_fails_permanently(stack: Stack, qu
 
 
 def test_completion_callback_is_signed_and_survives_two_failures(
-        stack: Stack, queue: JobQueue, receiver: Callable[..., Receiver]) -> None:  # noqa: F811
+        stack: Stack, queue: JobQueue, receiver: Callable[..., Receiver]) -> None:
     hook = receiver([500, 503])
     stack.standin()
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, callback_url=hook.url))["id"]

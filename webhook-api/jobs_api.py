@@ -81,7 +81,8 @@ def present(row: dict[str, Any]) -> dict[str, Any]:
     out = {key: row.get(key) for key in PUBLIC_FIELDS}
     storage = services().storage
     expires = current_app.config["COMFYQ_SETTINGS"].s3_presign_seconds
-    out["outputs"] = [{**output, "url": _signed(storage, output["key"], expires)} for output in row.get("outputs") or []]
+    out["outputs"] = [{**output, "url": _signed(storage, output["key"], expires)}
+                      for output in row.get("outputs") or []]
     for key in TIME_FIELDS:
         value = row.get(key)
         out[key] = value.isoformat() if value is not None else None
