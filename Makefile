@@ -28,7 +28,7 @@ test-fast: $(STAMP) ## Run the tests that need no child processes
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP) ## ruff and mypy (mypy sees the hyphenated folders through links named like their packages)
-	$(BIN)/ruff check comfyq webhook-api worker standin tests
+	$(BIN)/ruff check comfyq webhook-api worker standin tests bench
 	mkdir -p build/typecheck
 	ln -sfn ../../webhook-api build/typecheck/comfyq_api
 	ln -sfn ../../worker build/typecheck/comfyq_worker

@@ -26,6 +26,7 @@ class Config:
     sampler_step_seconds: float = 0.005
     checkpoints: list[str] = field(default_factory=lambda: list(DEFAULT_CHECKPOINTS))
     fail: str = "none"
+    grain: bool = False
 
     def control_view(self) -> dict[str, Any]:
         """The part of the configuration that POST/GET /standin/control exposes."""

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -116,6 +117,12 @@ def _pattern(size: tuple[int, int], digest: str) -> Image.Image:
     return image
 
 
+def add_grain(image: Image.Image, seed: str) -> Image.Image:
+    """Blend in seeded noise, like the grain of a real diffusion render."""
+    noise = Image.frombytes("RGB", image.size, random.Random(seed).randbytes(image.width * image.height * 3))
+    return Image.blend(image, noise, 0.5)
+
+
 def png_bytes(image: Image.Image, text: dict[str, str] | None = None, compress_level: int = 4) -> bytes:
     info = None
     if text:
@@ -174,9 +181,10 @@ def save_location(base: Path, prefix: str) -> tuple[Path, str, str, int]:
 
 
 def save_frames(
-    frames: list[Frame], base: Path, prefix: str, kind: str, text: dict[str, str] | None
+    frames: list[Frame], base: Path, prefix: str, kind: str, text: dict[str, str] | None, grain: bool = False
 ) -> list[dict[str, str]]:
-    """Render and write `frames` as `<prefix>_<counter:05d>_.png`; returns the ComfyUI image records."""
+    """Render and write `frames` as `<prefix>_<counter:05d>_.png`; returns the ComfyUI image records.
+    With grain, deterministic noise makes the PNG about as large as a real render (barely compressible)."""
     if not frames:
         return []
     prefix = expand_prefix(prefix, frames[0].width, frames[0].height)
@@ -184,7 +192,10 @@ def save_frames(
     records = []
     for batch_number, frame in enumerate(frames):
         name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        data = png_bytes(render(frame), text)
+        image = render(frame)
+        if grain:
+            image = add_grain(image, f"{prefix}/{counter}")
+        data = png_bytes(image, text)
         (folder / name).write_bytes(data)
         logger.debug("saved %s (%d bytes)", folder / name, len(data))
         records.append({"filename": name, "subfolder": subfolder, "type": kind})

@@ -284,6 +284,7 @@ async def save_image(ctx: NodeContext, inputs: dict[str, Any]) -> NodeResult:
             inputs["filename_prefix"],
             "output",
             ctx.png_text,
+            ctx.config.grain,
         )
     except images.OutsideOutputDir as exc:
         raise NodeRuntimeError(str(exc), reported_type="Exception") from exc

@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated choices for CheckpointLoaderSimple.ckpt_name",
     )
     parser.add_argument("--fail", choices=FAIL_MODES, default="none", help="failure to inject")
+    parser.add_argument("--grain", action="store_true",
+                        help="add seeded noise to saved images so they are as large as real renders")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.node_seconds < 0 or args.sampler_step_seconds < 0:
@@ -142,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampler_step_seconds=args.sampler_step_seconds,
         checkpoints=[name.strip() for name in args.checkpoints.split(",") if name.strip()],
         fail=args.fail,
+        grain=args.grain,
     )
     write_example_png(config.input_dir / "example.png")
     try:
