@@ -181,6 +181,7 @@ def test_websocket_drop_falls_back_to_history(stack: Stack, queue: JobQueue) -> 
     assert stack.worker("w1", "--burst").wait(60) == 0
     row = queue.get(job_id, "default")
     assert row is not None and row["status"] == "succeeded" and row["attempts"] == 1 and row["outputs"]
+    assert [r["event"] for r in queue.logs(job_id)] == ["queued", "claimed", "succeeded"]
 
 
 def test_execution_error_fails_with_the_node_and_truncated_inputs(stack: Stack, queue: JobQueue) -> None:
@@ -192,6 +193,7 @@ def test_execution_error_fails_with_the_node_and_truncated_inputs(stack: Stack, 
     error = row["error"]
     assert error["type"] == "execution_error" and error["node"] == "3"
     assert error["details"]["node_type"] == "KSampler" and len(error["details"]["current_inputs"]) <= 2100
+    assert [r["event"] for r in queue.logs(job_id)] == ["queued", "claimed", "failed"]
 
 
 def test_out_of_memory_is_retried(stack: Stack, queue: JobQueue) -> None:
@@ -203,3 +205,4 @@ def test_out_of_memory_is_retried(stack: Stack, queue: JobQueue) -> None:
     wait_until(lambda: status_of(queue, job_id) == "succeeded", 60, "the retry to succeed")
     retry = next(r for r in queue.logs(job_id) if r["event"] == "retry_scheduled")
     assert retry["details"]["error_type"] == "out_of_memory"
+    assert [r["event"] for r in queue.logs(job_id)][-2:] == ["claimed", "succeeded"]
