@@ -60,6 +60,91 @@ def cmd_db_stop(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _db():  # type: ignore[no-untyped-def]
+    from comfyq.connect import open_database  # noqa: PLC0415
+
+    return open_database(get_settings(), application_name="comfyq-cli")
+
+
+def _print_json(value: object) -> None:
+    import json  # noqa: PLC0415
+
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from comfyq import tokens  # noqa: PLC0415
+
+    db = _db()
+    try:
+        created = tokens.create(db, args.tenant, args.role, args.description)
+    finally:
+        db.close()
+    sys.stdout.write(f"{created.token}\n")
+    sys.stderr.write(f"token {created.row['id']} ({created.row['token_prefix']}...) for tenant "
+                     f"{created.row['tenant']}, role {created.row['role']}: store it now, it is not shown again\n")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from comfyq import tokens  # noqa: PLC0415
+
+    db = _db()
+    try:
+        _print_json([tokens.public(row) for row in tokens.list_tokens(db, args.tenant)])
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from comfyq import tokens  # noqa: PLC0415
+
+    db = _db()
+    try:
+        row = tokens.revoke(db, args.token)
+    finally:
+        db.close()
+    if row is None:
+        log.error("no active token with id or prefix %r", args.token)
+        return 1
+    log.info("revoked token %s (%s...) of tenant %s", row["id"], row["token_prefix"], row["tenant"])
+    return 0
+
+
+def cmd_tenant_set(args: argparse.Namespace) -> int:
+    db = _db()
+    try:
+        row = db.fetch_one("tenant_upsert", {"name": args.name, "allow_raw_graphs": args.allow_raw_graphs,
+                                             "max_queued_jobs": args.max_queued_jobs,
+                                             "rate_per_second": args.rate_per_second, "rate_burst": args.rate_burst})
+    finally:
+        db.close()
+    _print_json(row)
+    return 0
+
+
+def cmd_tenant_list(_args: argparse.Namespace) -> int:
+    db = _db()
+    try:
+        _print_json(db.fetch_all("tenant_list"))
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    from comfyq.admin import apply_retention  # noqa: PLC0415
+    from comfyq.storage import build_storage  # noqa: PLC0415
+
+    db = _db()
+    try:
+        _print_json(apply_retention(db, build_storage(get_settings()), int(args.older_than_days * 86400)))
+    finally:
+        db.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from comfyq.demo import run_demo  # noqa: PLC0415
 
@@ -80,6 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("db-url", help="print the database URL (starts the embedded server if needed)").set_defaults(
         func=cmd_db_url)
     sub.add_parser("db-stop", help="stop the embedded server").set_defaults(func=cmd_db_stop)
+    token = sub.add_parser("token", help="create, list and revoke API tokens").add_subparsers(dest="action",
+                                                                                             required=True)
+    create = token.add_parser("create", help="create a token (printed once on stdout)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", choices=["submitter", "admin"], default="submitter")
+    create.add_argument("--description", default="")
+    create.set_defaults(func=cmd_token_create)
+    listing = token.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--tenant")
+    listing.set_defaults(func=cmd_token_list)
+    revoke = token.add_parser("revoke", help="revoke a token by id or prefix")
+    revoke.add_argument("token")
+    revoke.set_defaults(func=cmd_token_revoke)
+    tenant = sub.add_parser("tenant", help="create or change tenants and their limits").add_subparsers(
+        dest="action", required=True)
+    tenant_set = tenant.add_parser("set", help="create a tenant or replace its settings")
+    tenant_set.add_argument("name")
+    tenant_set.add_argument("--allow-raw-graphs", action="store_true")
+    tenant_set.add_argument("--max-queued-jobs", type=int)
+    tenant_set.add_argument("--rate-per-second", type=float)
+    tenant_set.add_argument("--rate-burst", type=int)
+    tenant_set.set_defaults(func=cmd_tenant_set)
+    tenant.add_parser("list", help="list tenants").set_defaults(func=cmd_tenant_list)
+    retention = sub.add_parser("retention", help="delete finished jobs older than N days with logs and outputs")
+    retention.add_argument("--older-than-days", type=float, required=True)
+    retention.set_defaults(func=cmd_retention)
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded defaults")
     demo.add_argument("--jobs", type=int, default=20)
     demo.add_argument("--workers", type=int, default=2)

@@ -148,6 +148,10 @@ class Session:
             cur.execute(self.db.sql(name), params or {})
             return [dict(row) for row in cur.fetchall()] if cur.description else []
 
+    def fetch_one(self, name: str, params: Params = None) -> Row | None:
+        rows = self.fetch_all(name, params)
+        return rows[0] if rows else None
+
     def execute(self, name: str, params: Params = None) -> int:
         with _mapped_errors(), self.conn.cursor() as cur:
             cur.execute(self.db.sql(name), params or {})

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from comfyq.db import Database, Row
+from comfyq.errors import ComfyqError
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,30 @@ class NewJob:
     run_at: datetime | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None
+    dedupe_hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
             "graph": self.graph, "workflow": self.workflow, "params": self.params, "priority": self.priority,
             "max_attempts": self.max_attempts, "tenant": self.tenant, "timeout_seconds": self.timeout_seconds,
             "idempotency_key": self.idempotency_key, "callback_url": self.callback_url,
+            "dedupe_hash": self.dedupe_hash,
         }
         if self.deadline is not None:
             row["deadline"] = self.deadline.isoformat()
         if self.run_at is not None:
             row["run_at"] = self.run_at.isoformat()
         return row
+
+
+class IdempotencyConflict(ComfyqError):
+    """The Idempotency-Key was used before with a different request."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    rows: list[Row]
+    replayed: bool  # True: the key was seen before and these are the jobs it created then
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,46 @@ class JobQueue:
             return []
         payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
         return self.db.fetch_all("enqueue_jobs", {"jobs": payload})
+
+    def submit(self, jobs: Sequence[NewJob], tenant: str, *, idempotency_key: str | None = None,
+               request_hash: str | None = None) -> Submission:
+        """Insert jobs all or nothing; with an idempotency key, a repeat of the same request returns the jobs
+        of the first one (even when both arrive at once) and a different request under the key is refused."""
+        if idempotency_key is None:
+            return Submission(self.enqueue_many(jobs), replayed=False)
+        payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
+        key = {"tenant": tenant, "key": idempotency_key}
+        with self.db.session() as session, session.transaction():
+            if not session.fetch_all("submission_claim", {**key, "request_hash": request_hash}):
+                previous = session.fetch_one("submission_get", key)
+                assert previous is not None
+                if previous["request_hash"] != request_hash:
+                    raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+                rows = session.fetch_all("jobs_status_by_ids", {"ids": previous["job_ids"]})
+                return Submission(rows, replayed=True)
+            rows = session.fetch_all("enqueue_jobs", {"jobs": payload})
+            session.execute("submission_set_jobs", {**key, "job_ids": [row["id"] for row in rows]})
+            return Submission(rows, replayed=False)
+
+    def queued_count(self, tenant: str, cap: int) -> int:
+        row = self.db.fetch_one("count_queued_for_tenant", {"tenant": tenant, "cap": cap})
+        return int(row["n"]) if row else 0
+
+    def succeeded_twin(self, tenant: str, dedupe_hash: str) -> Row | None:
+        return self.db.fetch_one("find_succeeded_twin", {"tenant": tenant, "dedupe_hash": dedupe_hash})
+
+    def list_jobs(self, tenant: str, *, status: str | None = None, workflow: str | None = None,
+             since: datetime | None = None, before_id: int | None = None, limit: int = 100) -> list[Row]:
+        return self.db.fetch_all("list_jobs", {"tenant": tenant, "status": status, "workflow": workflow,
+                                               "since": since, "before_id": before_id, "limit": limit})
+
+    def retry(self, job_id: int, tenant: str) -> Row | None:
+        """Requeue a failed, canceled or expired job with fresh attempts; None when it is not one."""
+        return self.db.fetch_one("retry_job", {"id": job_id, "tenant": tenant})
+
+    def status(self, job_id: int, tenant: str) -> str | None:
+        row = self.db.fetch_one("job_status", {"id": job_id, "tenant": tenant})
+        return None if row is None else str(row["status"])
 
     # Worker side --------------------------------------------------------------------------------------
     def claim(self, worker_id: str) -> ClaimedJob | None:

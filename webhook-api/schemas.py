@@ -22,6 +22,7 @@ class JobRequest(BaseModel):
     deadline: datetime | None = None
     callback_url: StrictStr | None = Field(default=None, max_length=2000,
                                            pattern=r"^https?://[^\s/?#]+[^\s]*$")
+    dedupe: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:
@@ -32,3 +33,19 @@ class JobRequest(BaseModel):
         if self.deadline is not None and self.deadline.tzinfo is None:
             raise ValueError("'deadline' needs a timezone, e.g. 2026-01-01T00:00:00Z")
         return self
+
+
+class BatchRequest(BaseModel):
+    """POST /jobs/batch: many jobs, written all or nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[dict[str, Any]] = Field(min_length=1)
+
+
+class RetentionRequest(BaseModel):
+    """POST /admin/retention: delete finished jobs older than this (with their logs and outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_days: float = Field(gt=0, le=36500)

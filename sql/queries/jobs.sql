@@ -14,7 +14,7 @@ WITH input AS (
     SELECT j, ord FROM jsonb_array_elements(%(jobs)s::jsonb) WITH ORDINALITY AS e(j, ord)
 ), inserted AS (
     INSERT INTO job_queue (tenant, workflow, params, graph, priority, max_attempts, timeout_seconds,
-                           deadline, run_at, idempotency_key, callback_url)
+                           deadline, run_at, idempotency_key, callback_url, dedupe_hash)
     SELECT coalesce(j ->> 'tenant', 'default'),
            j ->> 'workflow',
            coalesce(j -> 'params', '{}'::jsonb),
@@ -25,7 +25,8 @@ WITH input AS (
            (j ->> 'deadline')::timestamptz,
            coalesce((j ->> 'run_at')::timestamptz, now()),
            j ->> 'idempotency_key',
-           j ->> 'callback_url'
+           j ->> 'callback_url',
+           j ->> 'dedupe_hash'
     FROM input
     ORDER BY ord
     RETURNING id, status, priority, attempts, created_at
@@ -278,3 +279,106 @@ FROM job_queue WHERE status = 'queued';
 -- name: get_job_by_id
 -- Internal reads (workers, callbacks) that are not on behalf of a tenant.
 SELECT * FROM job_queue WHERE id = %(id)s;
+
+-- name: submission_claim
+-- First writer of an Idempotency-Key wins; a concurrent second one waits here until the first commits.
+INSERT INTO submissions (tenant, idempotency_key, request_hash)
+VALUES (%(tenant)s, %(key)s, %(request_hash)s)
+ON CONFLICT (tenant, idempotency_key) DO NOTHING
+RETURNING tenant;
+
+-- name: submission_get
+SELECT request_hash, job_ids FROM submissions WHERE tenant = %(tenant)s AND idempotency_key = %(key)s;
+
+-- name: submission_set_jobs
+UPDATE submissions SET job_ids = %(job_ids)s::bigint[] WHERE tenant = %(tenant)s AND idempotency_key = %(key)s;
+
+-- name: jobs_status_by_ids
+SELECT id, status FROM job_queue WHERE id = ANY(%(ids)s::bigint[]) ORDER BY array_position(%(ids)s::bigint[], id);
+
+-- name: count_queued_for_tenant
+-- Bounded by the quota, so a tenant far over it costs no more than one at it.
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM job_queue WHERE tenant = %(tenant)s AND status = 'queued' LIMIT %(cap)s
+) q;
+
+-- name: find_succeeded_twin
+SELECT * FROM job_queue
+WHERE tenant = %(tenant)s AND dedupe_hash = %(dedupe_hash)s AND status = 'succeeded'
+ORDER BY id DESC LIMIT 1;
+
+-- name: list_jobs
+-- Keyset pagination, newest first: the cursor is the last id seen, so pages stay fast at any depth.
+SELECT id, status, workflow, params, priority, attempts, max_attempts, progress, current_node, timeout_seconds,
+       cancel_requested, callback_url, error, outputs, created_at, run_at, started_at, finished_at, deadline
+FROM job_queue
+WHERE tenant = %(tenant)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: retry_job
+-- A failed, canceled or expired job goes back to the queue with a fresh set of attempts.
+WITH prev AS (
+    SELECT id, status, finished_at FROM job_queue
+    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'canceled', 'expired')
+    FOR UPDATE
+), upd AS (
+    UPDATE job_queue j
+    SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, cancel_requested = false,
+        error = NULL, progress = 0, current_node = NULL, prompt_id = NULL, outputs = '[]'::jsonb,
+        deadline = CASE WHEN j.deadline <= now() THEN NULL ELSE j.deadline END, updated_at = now()
+    FROM prev WHERE j.id = prev.id
+    RETURNING j.id, j.status, prev.status AS from_status, prev.finished_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, message, duration_ms)
+    SELECT id, 'requeued', from_status, 'queued', 0, 'retried through the API',
+           greatest(0, (extract(epoch FROM now() - finished_at) * 1000)::bigint)
+    FROM upd
+)
+SELECT id, status FROM upd;
+
+-- name: job_status
+SELECT id, status FROM job_queue WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: stats_depth
+-- Live depth by status and priority (only queued and running rows: both are served by partial indexes).
+SELECT status, priority, count(*) AS jobs,
+       extract(epoch FROM now() - min(CASE WHEN status = 'queued' THEN created_at END))::float8 AS oldest_age
+FROM job_queue
+WHERE status IN ('queued', 'running') AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+GROUP BY status, priority
+ORDER BY status, priority DESC;
+
+-- name: stats_finished_recently
+SELECT status, count(*) AS jobs FROM job_queue
+WHERE finished_at > now() - make_interval(secs => %(window_seconds)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+GROUP BY status ORDER BY status;
+
+-- name: stats_workers
+SELECT count(*) FILTER (WHERE heartbeat_at > now() - make_interval(secs => %(alive_seconds)s)) AS alive,
+       count(*) FILTER (WHERE heartbeat_at <= now() - make_interval(secs => %(alive_seconds)s)) AS silent
+FROM workers WHERE status <> 'stopped';
+
+-- name: retention_candidates
+SELECT id, outputs FROM job_queue
+WHERE status IN ('succeeded', 'failed', 'canceled', 'expired')
+  AND finished_at < now() - make_interval(secs => %(older_than_seconds)s)
+ORDER BY finished_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: retention_delete
+WITH logs AS (
+    DELETE FROM job_logs WHERE job_id = ANY(%(ids)s::bigint[]) RETURNING 1
+), jobs AS (
+    DELETE FROM job_queue WHERE id = ANY(%(ids)s::bigint[]) RETURNING 1
+)
+SELECT (SELECT count(*) FROM jobs) AS jobs_deleted, (SELECT count(*) FROM logs) AS logs_deleted;
+
+-- name: retention_submissions
+DELETE FROM submissions WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s);

@@ -1,0 +1,56 @@
+"""Operator views and chores shared by the API and the CLI: queue statistics and retention (rows, logs and
+stored objects go together)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from comfyq.db import Database
+from comfyq.storage import Storage
+
+log = logging.getLogger(__name__)
+
+RETENTION_BATCH = 500
+
+
+def queue_stats(db: Database, tenant: str | None, *, alive_seconds: float,
+                window_seconds: int = 3600) -> dict[str, Any]:
+    """Depth by status and priority, oldest queued age, recent outcomes and workers alive; tenant=None is
+    the whole queue (admins)."""
+    depth: dict[str, dict[str, int]] = {"queued": {}, "running": {}}
+    totals = {"queued": 0, "running": 0}
+    oldest: float | None = None
+    for row in db.fetch_all("stats_depth", {"tenant": tenant}):
+        depth[row["status"]][str(row["priority"])] = int(row["jobs"])
+        totals[row["status"]] += int(row["jobs"])
+        if row["oldest_age"] is not None:
+            oldest = max(oldest or 0.0, float(row["oldest_age"]))
+    finished = {row["status"]: int(row["jobs"]) for row in db.fetch_all(
+        "stats_finished_recently", {"tenant": tenant, "window_seconds": window_seconds})}
+    workers = db.fetch_one("stats_workers", {"alive_seconds": alive_seconds}) or {"alive": 0, "silent": 0}
+    return {"queued": totals["queued"], "running": totals["running"], "by_priority": depth,
+            "oldest_queued_seconds": round(oldest, 3) if oldest is not None else None,
+            "finished_last_hour": finished,
+            "workers": {"alive": int(workers["alive"]), "silent": int(workers["silent"])}}
+
+
+def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> dict[str, int]:
+    """Delete finished jobs older than the age, with their logs and stored objects, in batches. Objects go
+    first: a failure leaves the rows (and a retry removes the rest) rather than rows pointing at nothing."""
+    totals = {"jobs_deleted": 0, "logs_deleted": 0, "objects_deleted": 0}
+    while True:
+        with db.session() as session, session.transaction():
+            batch = session.fetch_all("retention_candidates", {"older_than_seconds": older_than_seconds,
+                                                               "limit": RETENTION_BATCH})
+            if not batch:
+                break
+            keys = [o["key"] for row in batch for o in (row["outputs"] or []) if isinstance(o, dict) and o.get("key")]
+            totals["objects_deleted"] += storage.delete(keys)
+            deleted = session.fetch_all("retention_delete", {"ids": [row["id"] for row in batch]})[0]
+            totals["jobs_deleted"] += int(deleted["jobs_deleted"])
+            totals["logs_deleted"] += int(deleted["logs_deleted"])
+    db.execute("retention_submissions", {"older_than_seconds": older_than_seconds})
+    log.info("retention removed %(jobs_deleted)s jobs, %(logs_deleted)s log rows, %(objects_deleted)s objects",
+             totals, extra={"action": "retention"})
+    return totals
