@@ -209,10 +209,6 @@ class JobQueue:
     def get(self, job_id: int, tenant: str) -> Row | None:
         return self.db.fetch_one("get_job", {"id": job_id, "tenant": tenant})
 
-    def get_any(self, job_id: int) -> Row | None:
-        """A job regardless of tenant, for the worker's own use (callbacks)."""
-        return self.db.fetch_one("get_job_by_id", {"id": job_id})
-
     def logs(self, job_id: int) -> list[Row]:
         return self.db.fetch_all("job_logs", {"id": job_id})
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -100,3 +101,35 @@ def test_metrics_and_json_logs(stack: Stack, queue: JobQueue) -> None:
     job_lines = [line for line in lines if line.get("job_id") == job_id]
     assert {line["message"].split(" ")[2] for line in job_lines} >= {"claimed", "succeeded"}
     assert all(line.get("prompt_id") and line.get("attempt") == 1 for line in job_lines)
+
+
+def test_callback_of_a_job_canceled_in_the_queue_is_sent_by_a_worker(
+        stack: Stack, queue: JobQueue, receiver: Callable[..., Receiver]) -> None:
+    hook = receiver()
+    stack.standin()
+    stack.worker("w1", url_allowlist="127.0.0.1", callback_secret=SECRET)
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, callback_url=hook.url,
+                                  run_at=datetime.now(UTC) + timedelta(hours=1)))["id"]
+    assert queue.cancel(job_id, "default") == {"id": job_id, "status": "canceled"}
+    wait_until(lambda: hook.requests, 30, "the canceled job's callback")
+    headers, body = hook.requests[0]
+    assert Webhook(SECRET).verify(body, headers)["type"] == "job.canceled"
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("callback_state") == "delivered", 10, "delivered")
+
+
+def test_a_delivery_cut_short_by_a_crash_is_sent_again_with_the_same_id(
+        stack: Stack, queue: JobQueue, receiver: Callable[..., Receiver], sql: Any) -> None:
+    hook = receiver()
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, callback_url=hook.url))["id"]
+    claimed = queue.claim("gone")
+    assert claimed is not None and queue.complete(claimed.lease, [])
+    # The worker that claimed the callback died: its claim is older than the reclaim timeout.
+    sql.execute("UPDATE job_queue SET callback_state = 'sending', callback_claimed_at = now() - interval '1 hour' "
+                "WHERE id = %s", (job_id,))
+    stack.standin()
+    stack.worker("w1", url_allowlist="127.0.0.1", callback_secret=SECRET)
+    wait_until(lambda: hook.requests, 30, "the redelivery")
+    row = queue.get(job_id, "default")
+    assert row is not None
+    headers, _ = hook.requests[0]
+    assert headers["webhook-id"] == f"msg_job{job_id}_succeeded_{int(row['finished_at'].timestamp() * 1000)}"

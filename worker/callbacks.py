@@ -8,7 +8,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -54,6 +53,14 @@ def event_body(job_row: dict[str, Any], now: datetime | None = None) -> str:
     return json.dumps(event, default=_json_value, separators=(",", ":"))
 
 
+def webhook_id(job_row: dict[str, Any]) -> str:
+    """Stable for one final state of one job: a redelivery by another worker after a crash carries the same
+    id, so receivers can drop duplicates; a retried job that ends again gets a new one."""
+    finished = job_row.get("finished_at")
+    stamp = int(finished.timestamp() * 1000) if isinstance(finished, datetime) else 0
+    return f"msg_job{job_row['id']}_{job_row.get('status')}_{stamp}"
+
+
 class CallbackSender:
     """notify(row) queues an event for row["callback_url"] and returns at once; `workers` daemon threads
     deliver. A 2xx answer is delivered; anything else, a redirect or a connection error is tried again after
@@ -87,6 +94,11 @@ class CallbackSender:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def enabled(self) -> bool:
+        """False without a secret: pending callbacks then wait in the outbox for a worker that has one."""
+        return self._webhook is not None
+
     def notify(self, job_row: dict[str, Any]) -> None:
         """Queue the event of a job that reached a terminal state; a row whose callback_url is null is ignored.
         job_row is the full job_queue row (get_job); a partial one (complete_job returns only id and status)
@@ -109,7 +121,7 @@ class CallbackSender:
                             extra={"action": "callback_dropped"})
                 return
             self._queue.put(Delivery(job_id=int(job_row["id"]), attempt=int(job_row.get("attempts") or 0),
-                                     url=str(url), webhook_id=f"msg_{uuid.uuid4().hex}", body=event_body(job_row)))
+                                     url=str(url), webhook_id=webhook_id(job_row), body=event_body(job_row)))
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stop taking events and wait up to timeout for queued and in-flight deliveries. True when all
@@ -183,8 +195,10 @@ class CallbackSender:
         level = logging.INFO if event == "callback_delivered" else logging.WARNING
         log.log(level, "callback of job %s to %s: %s", delivery.job_id, details["url"], message,
                 extra={"action": event})
+        state = "delivered" if event == "callback_delivered" else "pending" if extra.get("reason") == "shutdown" \
+            else "failed"
         try:
-            self.db.execute("log_callback", {"job_id": delivery.job_id, "event": event,
+            self.db.execute("log_callback", {"job_id": delivery.job_id, "event": event, "state": state,
                                              "attempt": delivery.attempt, "message": message, "details": details})
         except DatabaseError:
             log.warning("could not record the callback outcome of job %s", delivery.job_id, exc_info=True,

@@ -58,7 +58,7 @@ class Worker:
                                         timeout=settings.callback_timeout_seconds)
         self.maintenance = Maintenance(db, self.queue, self.worker_id, heartbeat_seconds=settings.heartbeat_seconds,
                                        rescue_seconds=settings.rescue_interval_seconds, on_flag=self._kick,
-                                       on_terminal=self._notify_terminal)
+                                       callbacks=self.callbacks)
         self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self._recorded,
                                  metrics=self.metrics, on_terminal=self._notify_terminal)
         self.stream = EventStream(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
@@ -115,14 +115,8 @@ class Worker:
         self._kick()
 
     def _notify_terminal(self, job_id: int) -> None:
-        """A job reached a final state: send its completion callback (if it has a callback_url)."""
-        try:
-            row = self.queue.get_any(job_id)
-        except ComfyqError as exc:
-            log.warning("could not load job %s for its callback: %s", job_id, exc, extra={"action": "callback"})
-            return
-        if row is not None and row.get("callback_url"):
-            self.callbacks.notify(row)
+        """A job reached a final state here: deliver its callback now rather than at the next tick."""
+        self.maintenance.deliver_callbacks()
 
     def _recorded(self, attempt: Attempt, status: str) -> None:
         """Finisher callback (its thread): the attempt is written; its lease no longer needs renewing."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from comfyq_worker.attempt import Attempt
+from comfyq_worker.callbacks import CallbackSender
 
 from comfyq.db import Database
 from comfyq.errors import ComfyqError
@@ -16,25 +17,32 @@ from comfyq.jobs import JobQueue
 
 log = logging.getLogger(__name__)
 
+CALLBACK_TICK_SECONDS = 1.0
+CALLBACK_BATCH = 50
+CALLBACK_RECLAIM_SECONDS = 600  # a sender gone for this long (crashed mid-delivery) is replaced
+
 
 class Maintenance:
     """Owns the scheduler thread; the pipeline tells it which attempts hold leases."""
 
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
                  rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
-                 on_terminal: Callable[[int], None] = lambda job_id: None) -> None:
+                 callbacks: CallbackSender | None = None) -> None:
         self.db = db
         self.queue = queue
         self.worker_id = worker_id
         self.status = "running"
         self.on_flag = on_flag
-        self.on_terminal = on_terminal
+        self.callbacks = callbacks
         self._held: dict[int, Attempt] = {}
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
                                                                         "misfire_grace_time": None})
         self.scheduler.add_job(self.heartbeat, "interval", seconds=heartbeat_seconds, id="heartbeat")
         self.scheduler.add_job(self.rescue, "interval", seconds=rescue_seconds, id="rescue")
+        if callbacks is not None and callbacks.enabled:
+            self.scheduler.add_job(self.deliver_callbacks, "interval", seconds=CALLBACK_TICK_SECONDS,
+                                   id="callbacks")
 
     def start(self) -> None:
         self.scheduler.start()
@@ -82,11 +90,22 @@ class Maintenance:
     def rescue(self) -> None:
         """Requeue jobs of dead workers and expire queued jobs past their deadline."""
         try:
-            ended = [row["id"] for row in self.queue.rescue_expired() if row["status"] != "queued"]
+            self.queue.rescue_expired()
             expired = self.queue.expire_overdue()
             if expired:
                 log.info("expired %d jobs past their deadline", len(expired), extra={"action": "expire"})
-            for job_id in ended + expired:
-                self.on_terminal(job_id)
         except ComfyqError as exc:
             log.warning("rescue tick failed: %s", exc, extra={"action": "rescue"})
+
+    def deliver_callbacks(self) -> None:
+        """Hand due completion callbacks (the outbox in job_queue) to the sender's threads."""
+        if self.callbacks is None or not self.callbacks.enabled:
+            return
+        try:
+            rows = self.db.fetch_all("claim_callbacks", {"reclaim_seconds": CALLBACK_RECLAIM_SECONDS,
+                                                         "limit": CALLBACK_BATCH})
+        except ComfyqError as exc:
+            log.warning("callback tick failed: %s", exc, extra={"action": "callbacks"})
+            return
+        for row in rows:
+            self.callbacks.notify(row)

@@ -276,10 +276,6 @@ SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;
 SELECT greatest(0, extract(epoch FROM min(run_at) - now()))::float8 AS seconds
 FROM job_queue WHERE status = 'queued';
 
--- name: get_job_by_id
--- Internal reads (workers, callbacks) that are not on behalf of a tenant.
-SELECT * FROM job_queue WHERE id = %(id)s;
-
 -- name: submission_claim
 -- First writer of an Idempotency-Key wins; a concurrent second one waits here until the first commits.
 INSERT INTO submissions (tenant, idempotency_key, request_hash)
