@@ -56,6 +56,8 @@ def validate_graph(graph: Mapping[str, Any], object_info: Mapping[str, Any], *,
     Differences from ComfyUI that do not change the verdict: nodes, inputs and outputs are visited in graph
     and declaration order (ComfyUI walks sets, so its order is arbitrary); exception tracebacks are empty
     lists (ComfyUI shows its own source lines); the input values of `graph` are not converted in place.
+    Raises RecursionError for a chain of nodes deeper than Python's recursion limit allows here (about 300
+    nodes in a row), which ComfyUI may well accept: callers should then let the graph through unchecked.
     Not reproduced, so never refused here: the node-specific checks ComfyUI runs through VALIDATE_INPUTS
     (which /object_info does not reveal), apart from skipping the upload/remote combos described above.
     """
@@ -83,7 +85,9 @@ def validate_graph(graph: Mapping[str, Any], object_info: Mapping[str, Any], *,
     for output_id in outputs:
         try:
             valid, reasons, _ = checker.check(output_id)
-        except Exception as exc:
+        except RecursionError:
+            raise  # Python's limit, not ComfyUI's: see the docstring
+        except Exception as exc:  # ComfyUI reports any exception raised while it walks the graph
             valid = False
             reasons = [{
                 "type": "exception_during_validation",
@@ -239,7 +243,9 @@ class _GraphChecker:
     def _check_upstream(self, source_id: Any, name: str, input_config: list[Any] | None, link: list[Any]) -> bool:
         try:
             return self.check(source_id)[0]
-        except Exception as exc:
+        except RecursionError:
+            raise
+        except Exception as exc:  # reported against the linked node, as ComfyUI does
             message = str(exc)
             self.validated[source_id] = (False, [{
                 "type": "exception_during_inner_validation",
@@ -274,7 +280,7 @@ def _check_literal(name: str, value: Any, input_type: Any, extra: Mapping[str, A
         value = value["__value__"]
     try:
         converted = _convert(value, input_type)
-    except Exception as exc:
+    except Exception as exc:  # whatever int()/float() raise is the reason ComfyUI gives
         return {"type": "invalid_input_type",
                 "message": f"Failed to convert an input value to a {input_type} value",
                 "details": f"{name}, {value}, {exc}",

@@ -24,9 +24,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from comfyq_api.health_api import bp as health_bp  # noqa: PLC0415
     from comfyq_api.jobs_api import bp as jobs_bp  # noqa: PLC0415
     from comfyq_api.stats_api import bp as stats_bp  # noqa: PLC0415
+    from comfyq_api.workflows_api import bp as workflows_bp  # noqa: PLC0415
 
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(stats_bp)
+    app.register_blueprint(workflows_bp)
     return app

@@ -14,6 +14,7 @@ from comfyq_api.api_errors import ApiError, validation_details
 from comfyq_api.auth import Caller, require_token
 from comfyq_api.graph_check import graph_problems
 from comfyq_api.limits import enforce_quota, enforce_rate
+from comfyq_api.node_check import node_limit_problems
 from comfyq_api.schemas import BatchRequest, JobRequest
 from comfyq_api.services import services
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -96,6 +97,9 @@ def build_job(req: JobRequest, caller: Caller, settings: Settings) -> NewJob:
         if problems:
             raise ApiError(422, "invalid_graph", "the graph is not a valid ComfyUI API-format graph", problems)
         identity = {"graph": graph}
+    rejection = node_limit_problems(graph)
+    if rejection is not None:
+        raise ApiError(422, "comfyui_validation_failed", "ComfyUI would reject this graph", rejection)
     return NewJob(graph=graph, workflow=req.workflow, params=params, priority=req.priority,
                   max_attempts=req.max_attempts or settings.default_max_attempts, tenant=caller.tenant,
                   timeout_seconds=req.timeout_seconds, deadline=req.deadline, callback_url=req.callback_url,

@@ -192,6 +192,19 @@ class ComfyClient:
         result: dict[str, Any] = response.json()
         return result
 
+    def object_info(self) -> dict[str, Any]:
+        """GET /object_info: every node class with its inputs, limits and choices (~0.5 MB on a stock install)."""
+        response = self._request("GET", "/object_info")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to /object_info")
+        try:
+            result = response.json()
+        except ValueError as exc:
+            raise ComfyUnavailable("ComfyUI answered /object_info with a body that is not JSON") from exc
+        if not isinstance(result, dict):
+            raise ComfyUnavailable("ComfyUI answered /object_info with JSON that is not an object")
+        return result
+
     # WebSocket --------------------------------------------------------------------------------------
     def open_socket(self) -> websocket.WebSocket:
         """Connect before POSTing: per-prompt events go only to the socket of our client id."""

@@ -23,6 +23,7 @@ from comfyq_worker.finisher import Finisher
 from comfyq_worker.input_images import localize_images
 from comfyq_worker.maintenance import Maintenance
 from comfyq_worker.metrics import WorkerMetrics
+from comfyq_worker.object_info_publisher import ObjectInfoPublisher
 from comfyq_worker.pipeline import Pipeline
 
 from comfyq.db import Database, Listener
@@ -138,6 +139,7 @@ class Worker:
         self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),
                                             "pid": os.getpid(), "comfyui_url": self.settings.comfyui_url})
         self.maintenance.start()
+        publisher = ObjectInfoPublisher.from_settings(self.settings, self.db, self.worker_id).start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         listener = self.db.listener("listen_jobs")
@@ -146,6 +148,7 @@ class Worker:
         try:
             self._loop(listener, burst)
         finally:
+            publisher.stop()
             self.finisher.close()
             self.callbacks.close(timeout=10)
             self.stream.close()
