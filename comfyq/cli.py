@@ -145,6 +145,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from comfyq.cli_api import emit, render_table  # noqa: PLC0415
+
+    db = _db()
+    try:
+        rows = db.fetch_all("list_workers", {"include_stopped": args.all})
+    finally:
+        db.close()
+    emit(args, rows, render_table(rows, ["id", "status", "host", "comfyui_url", "current_job_id", "jobs_done",
+                                         "heartbeat_age_s"]) if rows else "no workers")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from comfyq.demo import run_demo  # noqa: PLC0415
 
@@ -188,9 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_set.add_argument("--rate-burst", type=int)
     tenant_set.set_defaults(func=cmd_tenant_set)
     tenant.add_parser("list", help="list tenants").set_defaults(func=cmd_tenant_list)
-    retention = sub.add_parser("retention", help="delete finished jobs older than N days with logs and outputs")
-    retention.add_argument("--older-than-days", type=float, required=True)
-    retention.set_defaults(func=cmd_retention)
+    for name in ("cleanup", "retention"):
+        retention = sub.add_parser(name, help="delete finished jobs older than N days with logs and outputs")
+        retention.add_argument("--older-than-days", type=float, required=True)
+        retention.set_defaults(func=cmd_retention)
+    workers = sub.add_parser("workers", help="workers with heartbeat age, current job and ComfyUI URL")
+    workers.add_argument("--all", action="store_true", help="include stopped workers")
+    workers.add_argument("--json", action="store_true")
+    workers.set_defaults(func=cmd_workers)
+    from comfyq.cli_api import add_commands  # noqa: PLC0415
+
+    add_commands(sub)
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded defaults")
     demo.add_argument("--jobs", type=int, default=20)
     demo.add_argument("--workers", type=int, default=2)

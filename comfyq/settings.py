@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # worker Prometheus port; unset = off
     log_format: str = "text"  # text | json
 
+    # Where the operator CLI finds the API.
+    api_url: str = "http://127.0.0.1:8000"
+
     # API. COMFYQ_API_TOKEN is an optional bootstrap admin token for api_tenant; others live in api_tokens.
     api_token: str | None = None
     api_tenant: str = "default"

@@ -10,3 +10,10 @@ UPDATE workers SET heartbeat_at = now(), status = %(status)s WHERE id = %(id)s R
 
 -- name: worker_stopped
 UPDATE workers SET status = 'stopped', stopped_at = now(), current_job_id = NULL WHERE id = %(id)s;
+
+-- name: list_workers
+SELECT id, status, host, pid, comfyui_url, current_job_id, jobs_done, started_at, heartbeat_at,
+       round(extract(epoch FROM now() - heartbeat_at)::numeric, 1) AS heartbeat_age_s
+FROM workers
+WHERE %(include_stopped)s OR status <> 'stopped'
+ORDER BY heartbeat_at DESC;

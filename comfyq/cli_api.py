@@ -1,0 +1,221 @@
+"""Operator commands that go through the HTTP API (submit, status, jobs, cancel, retry): they work from any
+machine that can reach the API with a token, without database access."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from comfyq.client import ApiCallFailed, ApiClient
+from comfyq.settings import get_settings
+
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_API, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+
+
+def client(args: argparse.Namespace) -> ApiClient:
+    settings = get_settings()
+    return ApiClient(args.api_url or settings.api_url, args.token or settings.api_token)
+
+
+def emit(args: argparse.Namespace, value: Any, table: str) -> None:
+    sys.stdout.write((json.dumps(value, indent=2, default=str) if args.json else table) + "\n")
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(row.get(col, "") if row.get(col) is not None else "") for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(line[i]) for line in cells]) for i, col in enumerate(columns)]
+    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """key=value; the value is JSON when it parses as JSON (numbers, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--param wants key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def read_jobs(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One prompt per line (for --workflow, with --param extras), or JSONL lines that are whole job objects."""
+    extra = dict(parse_param(p) for p in args.param)
+    jobs = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                job = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from exc
+            if not isinstance(job, dict):
+                raise ValueError(f"{path}:{number}: a JSONL line must be a job object")
+        else:
+            job = {"workflow": args.workflow, "params": {"prompt": line, **extra}}
+        if args.priority is not None:
+            job.setdefault("priority", args.priority)
+        jobs.append(job)
+    return jobs
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        jobs = read_jobs(Path(args.file), args)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"comfyq submit: {exc}\n")
+        return EXIT_USAGE
+    if not jobs:
+        sys.stderr.write("comfyq submit: the file holds no jobs\n")
+        return EXIT_USAGE
+    api = client(args)
+    submitted: list[dict[str, Any]] = []
+    try:
+        for start in range(0, len(jobs), args.batch_size):
+            key = f"{args.idempotency_key}:{start}" if args.idempotency_key else None
+            submitted += api.submit_batch(jobs[start:start + args.batch_size], key)
+    except ApiCallFailed as exc:
+        sys.stderr.write(f"comfyq submit: {exc}\n")
+        if exc.details:
+            sys.stderr.write(json.dumps(exc.details, indent=2) + "\n")
+        sys.stderr.write(f"{len(submitted)} of {len(jobs)} jobs were submitted before the error\n")
+        return EXIT_API
+    if not args.wait:
+        emit(args, submitted, f"submitted {len(submitted)} jobs: ids {submitted[0]['id']}..{submitted[-1]['id']}")
+        return EXIT_OK
+    try:
+        final = wait_for(api, [job["id"] for job in submitted], args.timeout, quiet=args.json)
+    except ApiCallFailed as exc:
+        sys.stderr.write(f"comfyq submit: {exc}\n")
+        return EXIT_API
+    rows = [{"id": j["id"], "status": j["status"], "attempts": j["attempts"], "priority": j["priority"],
+             "output": (j["outputs"][0].get("url") or j["outputs"][0].get("location")) if j["outputs"]
+             else (j.get("error") or {}).get("message", "")} for j in final]
+    emit(args, final, render_table(rows, ["id", "status", "attempts", "priority", "output"]))
+    return EXIT_OK if all(j["status"] == "succeeded" for j in final) else EXIT_JOBS_FAILED
+
+
+def wait_for(api: ApiClient, ids: list[int], timeout: float, *, quiet: bool) -> list[dict[str, Any]]:
+    """Poll until every job is final (or the timeout), drawing a progress bar on stderr."""
+    deadline = time.monotonic() + timeout
+    states: dict[int, dict[str, Any]] = {}
+    while True:
+        for job_id in ids:
+            if states.get(job_id, {}).get("status") not in TERMINAL:
+                states[job_id] = api.job(job_id)
+        done = sum(1 for s in states.values() if s["status"] in TERMINAL)
+        failed = sum(1 for s in states.values() if s["status"] in TERMINAL - {"succeeded"})
+        if not quiet:
+            width = 30
+            filled = int(width * done / len(ids))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(ids)} done, {failed} failed ")
+            sys.stderr.flush()
+        if done == len(ids) or time.monotonic() > deadline:
+            if not quiet:
+                sys.stderr.write("\n")
+            return [states[job_id] for job_id in ids]
+        time.sleep(0.5)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        stats = client(args).stats()
+    except ApiCallFailed as exc:
+        sys.stderr.write(f"comfyq status: {exc}\n")
+        return EXIT_API
+    rows = [{"status": status, "priority": priority, "jobs": count}
+            for status in ("running", "queued") for priority, count in stats["by_priority"][status].items()]
+    table = render_table(rows, ["status", "priority", "jobs"]) if rows else "the queue is empty"
+    oldest = stats["oldest_queued_seconds"]
+    table += (f"\n\nqueued {stats['queued']}, running {stats['running']}, oldest queued "
+              f"{'-' if oldest is None else f'{oldest:.0f}s'}, workers alive {stats['workers']['alive']} "
+              f"(silent {stats['workers']['silent']}), finished last hour {stats['finished_last_hour']}")
+    emit(args, stats, table)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    api = client(args)
+    try:
+        if args.id is not None:
+            job = api.job(args.id)
+            emit(args, job, json.dumps(job, indent=2, default=str))
+            return EXIT_OK
+        jobs = []
+        for job in api.jobs(status=args.status, workflow=args.workflow, limit=min(args.limit, 500)):
+            jobs.append(job)
+            if len(jobs) >= args.limit:
+                break
+    except ApiCallFailed as exc:
+        sys.stderr.write(f"comfyq jobs: {exc}\n")
+        return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
+    rows = [{"id": j["id"], "status": j["status"], "workflow": j["workflow"], "priority": j["priority"],
+             "attempts": j["attempts"], "created": j["created_at"]} for j in jobs]
+    emit(args, jobs, render_table(rows, ["id", "status", "workflow", "priority", "attempts", "created"]))
+    return EXIT_OK
+
+
+def _one_job_action(args: argparse.Namespace, name: str) -> int:
+    api = client(args)
+    try:
+        result = api.cancel(args.id) if name == "cancel" else api.retry(args.id)
+    except ApiCallFailed as exc:
+        sys.stderr.write(f"comfyq {name}: {exc}\n")
+        return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
+    emit(args, result, f"job {result['id']}: {result['status']}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _one_job_action(args, "cancel")
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    return _one_job_action(args, "retry")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url", help="the API (default COMFYQ_API_URL, http://127.0.0.1:8000)")
+    common.add_argument("--token", help="bearer token (default COMFYQ_API_TOKEN)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    submit = sub.add_parser("submit", parents=[common], help="submit a file of prompts (one per line) or JSONL jobs",
+                            description="Exit codes: 0 all submitted (with --wait: all succeeded), 1 some jobs "
+                            "did not succeed, 2 bad input, 3 the API refused or could not be reached.")
+    submit.add_argument("file")
+    submit.add_argument("--workflow", default="txt2img", help="template for plain-text lines (default txt2img)")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra template param for plain-text lines, e.g. --param steps=30")
+    submit.add_argument("--priority", type=int, help="priority of jobs that do not set one")
+    submit.add_argument("--batch-size", type=int, default=1000, help="jobs per API call (default 1000)")
+    submit.add_argument("--idempotency-key", help="makes re-running the same submit safe")
+    submit.add_argument("--wait", action="store_true", help="wait until every job is final, with a progress bar")
+    submit.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
+    submit.set_defaults(func=cmd_submit)
+
+    sub.add_parser("status", parents=[common], help="queue depth by status and priority, workers alive").set_defaults(
+        func=cmd_status)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or show one with its id")
+    jobs.add_argument("id", nargs="?", type=int)
+    jobs.add_argument("--status")
+    jobs.add_argument("--workflow")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(func=cmd_jobs)
+
+    for name, func, text in (("cancel", cmd_cancel, "cancel a job (queued: at once; running: interrupted)"),
+                             ("retry", cmd_retry, "put a failed, canceled or expired job back in the queue")):
+        action = sub.add_parser(name, parents=[common], help=text)
+        action.add_argument("id", type=int)
+        action.set_defaults(func=func)

@@ -1,0 +1,76 @@
+"""A small client of the comfyq HTTP API, for the operator CLI and scripts: every error the API answers comes
+back as ApiCallFailed with the API's own code and message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import requests
+
+from comfyq.errors import ComfyqError
+
+
+class ApiCallFailed(ComfyqError):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.details = details
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ApiCallFailed(0, "unreachable", f"cannot reach the API at {self.base_url}: "
+                                f"{exc.__class__.__name__}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+            raise ApiCallFailed(response.status_code, error.get("code", "http_error"),
+                                error.get("message", response.text[:200]), error.get("details"))
+        return body
+
+    def submit_batch(self, jobs: Sequence[dict[str, Any]], idempotency_key: str | None = None) -> list[dict[str, Any]]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = self._call("POST", "/jobs/batch", json={"jobs": list(jobs)}, headers=headers)
+        return list(body["jobs"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/jobs/{job_id}"))
+
+    def jobs(self, *, status: str | None = None, workflow: str | None = None,
+             limit: int = 50) -> Iterator[dict[str, Any]]:
+        """Every job matching the filters, newest first, following the cursor."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if workflow:
+            params["workflow"] = workflow
+        while True:
+            page = self._call("GET", "/jobs", params=params)
+            yield from page["jobs"]
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/jobs/{job_id}/retry"))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/stats"))

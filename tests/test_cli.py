@@ -1,0 +1,62 @@
+"""The operator CLI against a running stack (API under gunicorn, a worker, the stand-in)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfyq.stack import start_api
+from tests.e2e_support import Stack
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "cli-test-token"
+
+
+def run_cli(stack: Stack, api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": TOKEN, "DATABASE_URL": stack.db_url}
+    return subprocess.run([sys.executable, "-m", "comfyq.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_submit_a_file_and_wait_for_every_job(stack: Stack, tmp_path: Path) -> None:
+    stack.standin()
+    proc, api = start_api(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_API_TOKEN": TOKEN}, workers=1)
+    stack.processes.append(proc)
+    stack.worker("w1")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na red fox\n\na lighthouse at dawn\n"
+                       '{"workflow": "txt2img", "params": {"prompt": "jsonl job", "steps": 3}, "priority": 9}\n')
+    result = run_cli(stack, api, "submit", str(prompts), "--param", "steps=4", "--param", "width=64",
+                     "--param", "height=64", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    jobs = json.loads(result.stdout)
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3
+    assert jobs[0]["params"]["steps"] == 4 and jobs[2]["priority"] == 9
+
+    table = run_cli(stack, api, "submit", str(prompts), "--param", "steps=2", "--wait")
+    assert table.returncode == 0 and "succeeded" in table.stdout and "done, 0 failed" in table.stderr
+
+    status = run_cli(stack, api, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["workers"]["alive"] == 1
+    listed = run_cli(stack, api, "jobs", "--status", "succeeded", "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 6
+    one = run_cli(stack, api, "jobs", str(jobs[0]["id"]), "--json")
+    assert json.loads(one.stdout)["id"] == jobs[0]["id"]
+    workers = run_cli(stack, api, "workers", "--json")
+    assert workers.returncode == 0 and json.loads(workers.stdout)[0]["jobs_done"] == 6
+
+    assert run_cli(stack, api, "cancel", "999999").returncode == 4
+    assert run_cli(stack, api, "retry", str(jobs[0]["id"])).returncode == 3  # succeeded: not retryable
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"workflow": "txt2img", "params": {"prompt": "x", "steps": 0}}\n')
+    refused = run_cli(stack, api, "submit", str(bad))
+    assert refused.returncode == 3 and "invalid_batch_items" in refused.stderr
+    assert run_cli(stack, api, "submit", str(tmp_path / "missing.txt")).returncode == 2
+    unreachable = subprocess.run([sys.executable, "-m", "comfyq.cli", "status", "--api-url", "http://127.0.0.1:9"],
+                                 env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 3 and "cannot reach the API" in unreachable.stderr
