@@ -46,6 +46,20 @@ def _mapped_errors() -> Iterator[None]:
         raise _map_error(exc) from exc
 
 
+def _went_away(conn: psycopg2.extensions.connection) -> bool:
+    """True for an idle connection the server has given up: closed here, or its socket readable, which for an
+    idle autocommit connection (no LISTEN on pooled ones) means the server sent something unasked: the FATAL
+    of a shutdown or a terminated backend, or end of file after a crash. One select(), no round trip; a rare
+    unasked notice only costs a reconnect."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Database:
     """A thread-safe pool running the project's named queries. Create one per process, after fork."""
 
@@ -77,11 +91,24 @@ class Database:
             with self._checked_out() as conn:
                 yield conn
 
+    def _take(self, pool: psycopg2.pool.ThreadedConnectionPool) -> psycopg2.extensions.connection:
+        """A pooled connection that is still open. One the server has closed while it sat idle (a restart, a
+        failover, an idle timeout) is discarded here, before anything is sent on it, so the caller's statement
+        runs on a live connection without any retry (a write is never sent twice). After at most max_size
+        discards the pool is empty and hands out a new connection."""
+        for _ in range(self._max + 1):
+            with _mapped_errors():
+                conn = pool.getconn()
+            if not _went_away(conn):
+                return conn
+            log.info("discarding a pooled connection the server closed", extra={"action": "db_stale_connection"})
+            pool.putconn(conn, close=True)
+        raise DatabaseUnavailable("every connection the pool handed out was closed by the server")
+
     @contextlib.contextmanager
     def _checked_out(self) -> Iterator[psycopg2.extensions.connection]:
         pool = self._get_pool()
-        with _mapped_errors():
-            conn = pool.getconn()
+        conn = self._take(pool)
         broken = False
         try:
             if conn.closed:

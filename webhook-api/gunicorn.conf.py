@@ -34,6 +34,9 @@ access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"
 loglevel = os.environ.get("COMFYQ_LOG_LEVEL", "info").lower()
 # The app (and its database pool) is created in each worker after fork, never shared across processes.
 preload_app = False
+# gunicorn >= 25 opens a control socket for `gunicornc` at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl),
+# which every gunicorn on the machine (the tests start several) fights over. Unused here; older versions ignore it.
+control_socket_disable = True
 
 _created_multiproc_dir: str | None = None
 

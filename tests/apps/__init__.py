@@ -1,0 +1,1 @@
+"""WSGI apps the multi-process tests run under gunicorn."""
