@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from comfyq_api.health_api import bp as health_bp  # noqa: PLC0415
     from comfyq_api.jobs_api import bp as jobs_bp  # noqa: PLC0415
     from comfyq_api.metrics import init_metrics  # noqa: PLC0415
+    from comfyq_api.openapi import bp as openapi_bp  # noqa: PLC0415
     from comfyq_api.stats_api import bp as stats_bp  # noqa: PLC0415
     from comfyq_api.workflows_api import bp as workflows_bp  # noqa: PLC0415
 
@@ -32,5 +33,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs_bp)
     app.register_blueprint(stats_bp)
     app.register_blueprint(workflows_bp)
+    app.register_blueprint(openapi_bp)
     init_metrics(app)
     return app

@@ -7,13 +7,15 @@ import binascii
 import hashlib
 import json
 import logging
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from comfyq_api.api_errors import ApiError, validation_details
 from comfyq_api.auth import Caller, require_token
 from comfyq_api.graph_check import graph_problems
 from comfyq_api.limits import enforce_quota, enforce_rate
+from comfyq_api.metrics import count_submitted
 from comfyq_api.node_check import node_limit_problems
 from comfyq_api.schemas import BatchRequest, JobRequest
 from comfyq_api.services import services
@@ -32,6 +34,8 @@ PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "
                  "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_JSON_DEPTH = 64  # a ComfyUI graph nests about 5 levels deep
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
 
 
 def _settings() -> Settings:
@@ -42,12 +46,52 @@ def _settings() -> Settings:
 def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None  # nested far too deep for the parser
     if body is None:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON")
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    _check_storable(body)
     return body
+
+
+def _check_storable(body: dict[str, Any]) -> None:
+    """Refuse what Postgres cannot store (it would fail the write with a 500): NUL characters and lone
+    surrogates in strings, and numbers that are not finite (NaN, Infinity, 1e400); and bodies nested so
+    deep that encoding them again would hit the recursion limit."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, "invalid_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, "invalid_json", "numbers must be finite (no NaN, Infinity or overflowing values)",
+                           {"field": path or "(body)"})
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            where = f"{path}.{key}" if path else str(key)
+            for text in (key, item):
+                if isinstance(text, str) and not _storable_text(text):
+                    raise ApiError(422, "validation_error", "the request body failed validation", [{
+                        "field": where, "problem": "NUL characters and unpaired surrogates cannot be stored",
+                        "type": "string_unstorable"}])
+            if isinstance(item, (dict, list, float)):
+                stack.append((item, where, depth + 1))
+
+
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _canonical_hash(value: Any) -> str:
@@ -59,9 +103,17 @@ def _idempotency_key() -> str | None:
     if key is None:
         return None
     key = key.strip()
-    if not 1 <= len(key) <= 255:
-        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters")
+    if not 1 <= len(key) <= 255 or "\x00" in key:
+        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters, without NUL")
     return key
+
+
+def _enforce_quota_unless_replay(caller: Caller, key: str | None, adding: int) -> None:
+    """The queued-job quota applies to every new submission; only a repeat of a key already used (answered
+    from what it created then, or refused with 409) adds nothing and skips it."""
+    if key is not None and services().db.fetch_one("submission_get", {"tenant": caller.tenant, "key": key}):
+        return
+    enforce_quota(caller, adding)
 
 
 def build_job(req: JobRequest, caller: Caller, settings: Settings) -> NewJob:
@@ -144,14 +196,15 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         if twin is not None:
             return jsonify({**present(twin), "deduplicated": True}), 200, {"Location": _location(twin["id"])}
     key = _idempotency_key()
-    if key is None:
-        enforce_quota(caller, 1)
+    _enforce_quota_unless_replay(caller, key, 1)
     try:
         submission = services().queue.submit([new_job], caller.tenant, idempotency_key=key,
                                              request_hash=_canonical_hash({"path": "/jobs", "body": body}))
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
     row = submission.rows[0]
+    if not submission.replayed:
+        count_submitted(1)
     status = 200 if submission.replayed else 202
     return jsonify({"id": row["id"], "status": row["status"]}), status, {"Location": _location(row["id"])}
 
@@ -185,13 +238,14 @@ def submit_batch() -> tuple[Response, int]:
         raise ApiError(422, "invalid_batch_items", f"{len(problems)} item(s) are invalid; nothing was written",
                        {"items": problems})
     key = _idempotency_key()
-    if key is None:
-        enforce_quota(caller, len(jobs))
+    _enforce_quota_unless_replay(caller, key, len(jobs))
     try:
         submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
                                              request_hash=_canonical_hash({"path": "/jobs/batch", "body": body}))
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
+    if not submission.replayed:
+        count_submitted(len(submission.rows))
     rows = [{"id": row["id"], "status": row["status"]} for row in submission.rows]
     return jsonify({"count": len(rows), "jobs": rows}), 200 if submission.replayed else 202
 
@@ -214,7 +268,10 @@ def _decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith("id:"):
             raise ValueError(text)
-        return int(text[3:])
+        job_id = int(text[3:])
+        if not 1 <= job_id <= MAX_ID:
+            raise ValueError(text)
+        return job_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from exc
 
@@ -232,11 +289,17 @@ def list_jobs() -> Response:
     since = None
     if "since" in args:
         try:
-            since = datetime.fromisoformat(args["since"].replace("Z", "+00:00"))
+            since = datetime.fromisoformat(args["since"].upper().replace("Z", "+00:00"))
         except ValueError as exc:
             raise ApiError(400, "invalid_query", "since must be an ISO 8601 time, e.g. 2026-01-01T00:00:00Z") from exc
         if since.tzinfo is None:
             raise ApiError(400, "invalid_query", "since needs a timezone, e.g. 2026-01-01T00:00:00Z")
+        try:
+            since = since.astimezone(UTC)  # Postgres refuses offsets beyond 15:59
+        except OverflowError as exc:
+            raise ApiError(400, "invalid_query", "since is out of range") from exc
+    if "\x00" in args.get("workflow", ""):
+        raise ApiError(400, "invalid_query", "workflow may not contain NUL characters")
     max_limit = _settings().list_page_max
     try:
         limit = int(args.get("limit", "50"))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 
 class JobRequest(BaseModel):
@@ -23,6 +23,21 @@ class JobRequest(BaseModel):
     callback_url: StrictStr | None = Field(default=None, max_length=2000,
                                            pattern=r"^https?://[^\s/?#]+[^\s]*$")
     dedupe: bool = False
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_in_utc(cls, value: datetime | None) -> datetime | None:
+        """In UTC (Postgres refuses offsets beyond 15:59) and far enough from year 1 and 9999 that every
+        session time zone can read it back (Python has no year 0 or 10000)."""
+        if value is None or value.tzinfo is None:
+            return value  # a missing time zone is reported by _one_source
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:
+            value = datetime.min.replace(tzinfo=UTC)
+        if not 2 <= value.year <= 9998:
+            raise ValueError("'deadline' must be between the years 2 and 9998")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> JobRequest:
