@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 
 from comfyq import tokens
 from comfyq.db import Database
-from comfyq.jobs import JobQueue
+from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import Settings
 from comfyq.stack import start_api
 from tests.e2e_support import Stack
@@ -318,3 +318,21 @@ def test_token_cli_create_list_revoke(db_url: str) -> None:
     assert listed.returncode == 0 and secret not in listed.stdout and secret[:11] in listed.stdout
     assert cli("token", "revoke", secret[:11]).returncode == 0
     assert cli("token", "revoke", secret[:11]).returncode == 1  # already revoked
+
+
+def test_retention_with_storage_down_answers_503_and_keeps_the_rows(db_url: str, db: Database, sql: Any,
+                                                                    token: Callable[..., dict[str, str]]) -> None:
+    from tests.e2e_support import free_port  # noqa: PLC0415
+
+    app = create_app(Settings(database_url=db_url, token_cache_seconds=0, storage_backend="s3",
+                              s3_endpoint=f"127.0.0.1:{free_port()}", s3_access_key="k", s3_secret_key="s"))
+    queue = JobQueue(db)
+    job_id = queue.enqueue(NewJob(graph=GRAPH))["id"]
+    claimed = queue.claim("w")
+    assert claimed is not None
+    queue.complete(claimed.lease, [{"key": f"{job_id}/1/a.png", "size": 1, "content_type": "image/png"}])
+    sql.execute("UPDATE job_queue SET finished_at = now() - interval '40 days'")
+    response = app.test_client().post("/admin/retention", json={"older_than_days": 30}, headers=token("ops", "admin"))
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "storage_unavailable"
+    assert response.headers["Retry-After"] and count(sql) == 1
+    app.extensions["comfyq"].db.close()

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from comfyq.errors import ConstraintViolation, DatabaseUnavailable
+from comfyq.storage import StorageFailure
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("database unavailable: %s", exc, extra={"action": "db_unavailable"})
         return error_response(503, "database_unavailable", "the database is unavailable; retry later",
                               headers={"Retry-After": "5"})
+
+    @app.errorhandler(StorageFailure)
+    def _storage_down(exc: StorageFailure) -> Any:
+        log.warning("storage unavailable: %s", exc, extra={"action": "storage_unavailable"})
+        return error_response(503, "storage_unavailable", "the object storage is unavailable; retry later",
+                              headers={"Retry-After": "30"})
 
     @app.errorhandler(ConstraintViolation)
     def _constraint(exc: ConstraintViolation) -> Any:

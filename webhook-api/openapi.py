@@ -49,7 +49,7 @@ ERROR_DESCRIPTIONS = {
     415: "The body is not sent as `Content-Type: application/json`.",
     422: "The body is JSON but not a valid request; nothing was written.",
     429: "A per-tenant limit (request rate or queued-job quota) refused the request; retry after `Retry-After`.",
-    503: "The database is unavailable; retry after `Retry-After` seconds.",
+    503: "The database (or, for retention, the object storage) is unavailable; retry after `Retry-After` seconds.",
 }
 AUTH_ERRORS: dict[int, list[str]] = {401: ["unauthorized"], 503: ["database_unavailable"]}
 BODY_ERRORS: dict[int, list[str]] = {400: ["invalid_json"], 413: ["request_entity_too_large"],
@@ -77,7 +77,8 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/jobs/{job_id}/retry"): {**AUTH_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
                                        429: ["rate_limited", "quota_exceeded"]},
     ("get", "/stats"): {**AUTH_ERRORS},
-    ("post", "/admin/retention"): {**AUTH_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"]},
+    ("post", "/admin/retention"): {**AUTH_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"],
+                                   503: ["database_unavailable", "storage_unavailable"]},
     ("get", "/workflows"): {**AUTH_ERRORS},
     ("get", "/workflows/{name}"): {**AUTH_ERRORS, 404: ["not_found"]},
 }
