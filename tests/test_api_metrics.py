@@ -144,3 +144,25 @@ def test_gunicorn_makes_and_removes_a_metrics_dir_when_none_is_given(
     assert request_counts(requests.get(f"{api}/metrics", timeout=10).text) == {("jobs.get_job", "404"): 1}
     assert proc.stop(timeout=15) == 0
     assert not prom_dir.exists()
+
+
+def test_queue_gauges_come_from_postgres_at_scrape_time(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfyq.db import Database  # noqa: PLC0415
+    from comfyq.jobs import JobQueue, NewJob  # noqa: PLC0415
+    from tests.conftest import SQL_DIR  # noqa: PLC0415
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    db = Database(db_url, SQL_DIR)
+    queue = JobQueue(db)
+    queue.enqueue_many([NewJob(graph={"1": {"class_type": "X", "inputs": {}}}) for _ in range(3)])
+    assert queue.claim("w") is not None
+    db.close()
+    app = create_app(Settings(database_url=db_url))
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("comfyq_queue_jobs", (("status", "queued"),))] == 2
+    assert samples[("comfyq_queue_jobs", (("status", "running"),))] == 1
+    assert samples[("comfyq_queue_scrape_ok", ())] == 1
+    assert samples[("comfyq_queue_longest_wait_seconds", ())] >= 0
+    app.extensions["comfyq"].db.close()

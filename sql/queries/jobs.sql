@@ -378,3 +378,66 @@ SELECT (SELECT count(*) FROM jobs) AS jobs_deleted, (SELECT count(*) FROM logs) 
 
 -- name: retention_submissions
 DELETE FROM submissions WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s);
+
+-- Queue transport (comfyq/transport.py, comfyq/redis_transport.py). With QUEUE_BACKEND=redis a message names a
+-- job; Postgres still decides whether it runs.
+
+-- name: claim_job_by_id
+-- claim_job for one named job: the same conditional update and bookkeeping, so a message delivered twice, or one
+-- for a job that was canceled, claimed through another message or not yet due, claims nothing. No SKIP LOCKED:
+-- there is no next row to skip to; a concurrent writer (a cancel, a second delivery) is waited for and the
+-- conditions are checked again on the row it left.
+WITH next AS (
+    SELECT id, run_at AS eligible_at
+    FROM job_queue
+    WHERE id = %(id)s AND status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
+    FOR UPDATE
+), claimed AS (
+    UPDATE job_queue j
+    SET status = 'running',
+        attempts = j.attempts + 1,
+        worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = coalesce(j.started_at, now()),
+        claimed_at = now(),
+        updated_at = now(),
+        progress = 0,
+        current_node = NULL,
+        prompt_id = NULL
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.*, next.eligible_at
+), logged AS (
+    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
+    SELECT id, 'claimed', 'queued', 'running', attempts, worker_id,
+           greatest(0, (extract(epoch FROM now() - eligible_at) * 1000)::bigint)
+    FROM claimed
+), worker AS (
+    UPDATE workers w SET current_job_id = claimed.id FROM claimed WHERE w.id = %(worker_id)s
+)
+SELECT * FROM claimed;
+
+-- name: job_claim_state
+-- Why a message claimed nothing: a job still queued but not yet due is scheduled again for its run_at.
+SELECT id, status, priority, attempts, run_at, run_at > now() AS not_due FROM job_queue WHERE id = %(id)s;
+
+-- name: jobs_to_publish
+-- What a message needs (band, message id, due time) for jobs just put back in the queue.
+SELECT id, priority, attempts, run_at FROM job_queue
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
+ORDER BY priority DESC, run_at, id;
+
+-- name: reconcile_candidates
+-- The head of the queue in claim order (served by job_queue_claim_idx), skipping rows changed within the grace
+-- period (their message may still be on its way); the reconciler re-enqueues those that have no message.
+SELECT id, priority, attempts, run_at FROM job_queue
+WHERE status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
+  AND updated_at < now() - make_interval(secs => %(grace_seconds)s)
+ORDER BY priority DESC, run_at, id
+LIMIT %(limit)s;
+
+-- name: queue_summary
+-- For the API's /metrics (Prometheus alerts on queue depth and waiting time); the view is in 0007.
+SELECT queued, eligible, delayed, running, expired_leases, oldest_queued_age_seconds, longest_wait_seconds,
+       longest_running_seconds
+FROM stats_queue_summary;
