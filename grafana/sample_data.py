@@ -12,31 +12,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from comfyq.db import Database, connect_once
+from comfyq.db import Database
 from comfyq.jobs import ClaimedJob, JobQueue, NewJob
 
-# The only SQL here that is not a named query: a test-data device that exists for no production path.
-_TIME_SHIFT = """
-WITH shift AS (
-    SELECT make_interval(secs => %(seconds)s) AS s
-), jobs AS (
-    UPDATE job_queue SET
-        created_at = created_at - shift.s, updated_at = updated_at - shift.s, run_at = run_at - shift.s,
-        started_at = started_at - shift.s, claimed_at = claimed_at - shift.s, finished_at = finished_at - shift.s,
-        lease_expires_at = lease_expires_at - shift.s, deadline = deadline - shift.s,
-        callback_claimed_at = callback_claimed_at - shift.s
-    FROM shift
-    RETURNING 1
-), logs AS (
-    UPDATE job_logs SET created_at = created_at - shift.s FROM shift RETURNING 1
-), workers AS (
-    UPDATE workers SET started_at = started_at - shift.s, heartbeat_at = heartbeat_at - shift.s,
-                       stopped_at = stopped_at - shift.s
-    FROM shift
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM logs), (SELECT count(*) FROM workers)
-"""
 
 LEASE_SECONDS = 30.0
 
@@ -105,15 +83,13 @@ class Simulation:
         self.now = 0.0  # simulated seconds since the start
         self.workers = [SimWorker(f"gpu-{i + 1}", f"http://comfyui-{i + 1}:8188") for i in range(workers)]
         self.workflows: dict[int, Workflow] = {}
-        self._admin = connect_once(db.url)
 
     def close(self) -> None:
-        self._admin.close()
+        """Nothing to release: every statement goes through the database's pool."""
 
     # Time -------------------------------------------------------------------------------------------------
     def shift(self, seconds: float) -> None:
-        with self._admin.cursor() as cur:
-            cur.execute(_TIME_SHIFT, {"seconds": seconds})
+        self.db.fetch_all("shift_time_back", {"seconds": seconds})
         self.now += seconds
 
     # Actors -----------------------------------------------------------------------------------------------

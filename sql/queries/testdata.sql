@@ -1,0 +1,23 @@
+-- Sample data for dashboards and their tests (grafana/sample_data.py): no production path runs these.
+
+-- name: shift_time_back
+-- Moves every stored timestamp back by %(seconds)s, so simulated traffic spreads over hours in seconds.
+WITH shift AS (
+    SELECT make_interval(secs => %(seconds)s) AS s
+), jobs AS (
+    UPDATE job_queue SET
+        created_at = created_at - shift.s, updated_at = updated_at - shift.s, run_at = run_at - shift.s,
+        started_at = started_at - shift.s, claimed_at = claimed_at - shift.s, finished_at = finished_at - shift.s,
+        lease_expires_at = lease_expires_at - shift.s, deadline = deadline - shift.s,
+        callback_claimed_at = callback_claimed_at - shift.s
+    FROM shift
+    RETURNING 1
+), logs AS (
+    UPDATE job_logs SET created_at = created_at - shift.s FROM shift RETURNING 1
+), workers AS (
+    UPDATE workers SET started_at = started_at - shift.s, heartbeat_at = heartbeat_at - shift.s,
+                       stopped_at = stopped_at - shift.s
+    FROM shift
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM logs) AS logs, (SELECT count(*) FROM workers) AS workers;
