@@ -15,7 +15,6 @@ from typing import Any
 from comfyq.db import Database
 from comfyq.jobs import ClaimedJob, JobQueue, NewJob
 
-
 LEASE_SECONDS = 30.0
 
 
