@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help install demo test test-fast lint migrate worker api standin db-url db-stop clean
 
 help: ## List the targets with what they do
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,22 @@ db-stop: $(STAMP) ## Stop the embedded server
 clean: ## Remove the virtualenv and local data (var/)
 	-$(BIN)/comfyq db-stop
 	rm -rf $(VENV) var
+
+# n8n (docs/n8n.md): the pinned n8n in n8n/node_modules running the workflows of n8n-workflows/.
+.PHONY: n8n n8n-install n8n-stop
+
+n8n-install: ## Install the pinned n8n (no-op when n8n/node_modules matches n8n/package-lock.json)
+	$(PYTHON) n8n/n8nctl.py install
+
+n8n: n8n-install migrate ## Import credentials and workflows, publish them, start n8n on 127.0.0.1:5678
+	DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/comfyq db-url)}" $(PYTHON) n8n/n8nctl.py up
+
+n8n-stop: ## Stop the n8n started by `make n8n`
+	$(PYTHON) n8n/n8nctl.py stop
+
+# The n8n tests (tests/n8n) need n8n installed; installing is a no-op once done.
+test: n8n-install system-tools
+
+.PHONY: system-tools
+system-tools: ## Install the system tools tests call: promtool (Debian's prometheus package)
+	@command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }

@@ -1,0 +1,212 @@
+"""The n8n tests' fixtures: one real n8n per session (the pinned version in n8n/node_modules, its own user folder
+and free ports), importing the committed credential template and workflows, against a database, an API, a
+Slack-like receiver and an SMTP server of the session's own. Everything started here is stopped by PID in
+teardown, whatever the tests did."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiosmtpd.controller import Controller
+
+from comfyq import tokens
+from comfyq.db import Database, connect_once
+from comfyq.processes import ManagedProcess
+from comfyq.stack import start_api
+from n8n import n8nctl
+from tests.conftest import SQL_DIR, scratch_database
+from tests.e2e_support import free_port
+from tests.http_servers import Receiver
+
+TENANT = "n8n"
+MONITOR_CRON = "*/2 * * * * *"  # every 2 s instead of every minute, so alert tests stay short
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install the pinned n8n before any n8n test runs (outside the per-test timeout: a cold install takes
+    minutes). Fails the run loudly if the install fails; never skips."""
+    if any(item.get_closest_marker("n8n") for item in session.items) and not n8nctl.is_installed():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("n8n/node_modules is missing or stale: installing the pinned n8n (minutes)...")
+        n8nctl.install()
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        assert isinstance(message, email.message.EmailMessage)
+        with self.lock:
+            self.messages.append(message)
+        return "250 OK"
+
+    def received(self) -> list[email.message.EmailMessage]:
+        with self.lock:
+            return list(self.messages)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+
+@dataclass
+class N8n:
+    """The session's n8n and what it talks to."""
+
+    base_url: str
+    env: dict[str, str]
+    db_url: str
+    api_url: str
+    submitter_token: str
+    webhook_key: str
+    storage_dir: Path
+    log_dir: Path
+    slack: Receiver
+    mailbox: Mailbox
+    process: ManagedProcess
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    started: list[ManagedProcess] = field(default_factory=list)  # every process to stop at the end
+
+    def restart(self) -> None:
+        """Stop n8n and start it again on the same user folder and port, as an operator's restart would."""
+        self.process.stop(timeout=20)
+        self.process = _start_n8n(self.env, self.log_dir, self.base_url)
+        self.started.append(self.process)
+
+    def webhook(self, path: str) -> str:
+        return f"{self.base_url}/webhook/{path}"
+
+    def execute(self, workflow_id: str) -> dict[str, Any]:
+        """Run a workflow once now (`n8n execute`, beside the server), as its schedule would."""
+        return n8nctl.execute(self.env, workflow_id)
+
+    def slack_texts(self) -> list[str]:
+        return [json.loads(body)["text"] for _, body in list(self.slack.requests)]
+
+
+def _clean_base_env() -> dict[str, str]:
+    """The test's environment without anything that configures n8n or the workflows from the developer's shell."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("N8N_", "DB_", "COMFYQ_", "WEBHOOK_URL", "DATABASE_URL"))}
+
+
+@pytest.fixture(scope="session")
+def n8n_db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database for the whole n8n session (n8n's credential points at it for the session's life)."""
+    with scratch_database(server_url, template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N8n]:
+    assert n8nctl.is_installed(), "n8n/node_modules is not at the locked version: run `make n8n-install`"
+    root = tmp_path_factory.mktemp("n8n")
+    log_dir, storage_dir = root / "logs", root / "outputs"
+    processes: list[ManagedProcess] = []
+    slack = Receiver([], 200, 0.0)
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        db = Database(n8n_db_url, SQL_DIR)
+        try:
+            submitter = tokens.create(db, TENANT, "submitter", "n8n tests").token
+            admin = tokens.create(db, TENANT, "admin", "n8n tests").token
+            thresholds = {row["name"]: row["value"] for row in db.fetch_all("monitor_thresholds")}
+        finally:
+            db.close()
+        api_proc, api_url = start_api(log_dir, {"DATABASE_URL": n8n_db_url, "COMFYQ_STORAGE_DIR": str(storage_dir)},
+                                      workers=1)
+        processes.append(api_proc)
+
+        port = free_port()
+        webhook_key = secrets.token_urlsafe(24)
+        env = n8nctl.n8n_env(root / "user", port=port, broker_port=free_port(), base=_clean_base_env(), extra={
+            **n8nctl.postgres_env(n8n_db_url),
+            "N8N_ENCRYPTION_KEY": secrets.token_hex(24),
+            "COMFYQ_API_URL": api_url,
+            "COMFYQ_N8N_API_TOKEN": submitter,
+            "COMFYQ_N8N_ADMIN_TOKEN": admin,
+            "COMFYQ_N8N_WEBHOOK_KEY": webhook_key,
+            "COMFYQ_SLACK_WEBHOOK_URL": slack.url,
+            "COMFYQ_SMTP_HOST": "127.0.0.1",
+            "COMFYQ_SMTP_PORT": str(smtp.port),
+            "COMFYQ_SMTP_SECURE": "false",
+            "COMFYQ_SMTP_STARTTLS": "false",
+            "COMFYQ_ALERT_EMAIL_FROM": "comfyq@example.test",
+            "COMFYQ_ALERT_EMAIL_TO": "ops@example.test",
+            "COMFYQ_MONITOR_CRON": MONITOR_CRON,
+        })
+        n8nctl.prepare(env)
+        base_url = f"http://127.0.0.1:{port}"
+        processes.append(_start_n8n(env, log_dir, base_url))
+        yield N8n(base_url=base_url, env=env, db_url=n8n_db_url, api_url=api_url, submitter_token=submitter,
+                  webhook_key=webhook_key, storage_dir=storage_dir, log_dir=log_dir, slack=slack, mailbox=mailbox,
+                  process=processes[-1], thresholds=thresholds, started=processes)
+    finally:
+        for process in reversed(processes):
+            process.stop(timeout=20)
+        smtp.stop()
+        slack.close()
+
+
+def _start_n8n(env: dict[str, str], log_dir: Path, base_url: str) -> ManagedProcess:
+    proc = ManagedProcess("n8n", [str(n8nctl.N8N_BIN), "start"], env=env, log_path=log_dir / "n8n.log")
+    try:
+        proc.start(n8nctl.READY_LINE, timeout=120)
+        n8nctl.wait_ready(base_url, timeout=60, alive=proc.running)
+    except BaseException:
+        proc.stop(timeout=20)
+        raise
+    return proc
+
+
+@pytest.fixture
+def fresh(n8n: N8n) -> Iterator[N8n]:
+    """The session's n8n with an empty queue, the seeded thresholds, no active alert and nothing received."""
+    _reset(n8n)
+    try:
+        yield n8n
+    finally:
+        _reset(n8n)
+
+
+def _reset(n8n: N8n) -> None:
+    conn = connect_once(n8n.db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM job_queue")
+            cur.execute("DELETE FROM submissions")
+            cur.execute("DELETE FROM workers")
+            for name, value in n8n.thresholds.items():
+                cur.execute("UPDATE monitor_thresholds SET value = %s WHERE name = %s", (value, name))
+            cur.execute("UPDATE monitor_alert_state SET active = false, active_since = NULL, notifications = 0")
+        conn.commit()
+    finally:
+        conn.close()
+    n8n.slack.requests.clear()
+    n8n.mailbox.clear()
+
+
+def api_session(n8n: N8n) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {n8n.submitter_token}"
+    return session

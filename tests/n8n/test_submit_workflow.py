@@ -1,0 +1,126 @@
+"""The `submit` workflow in a real n8n: POST /webhook/comfyq/jobs with the header key, forwarded to the real API
+(one job to /jobs, an array to /jobs/batch), processed by a real worker against the ComfyUI stand-in; the API's
+answers, 4xx included, come back unchanged; without the key nothing gets through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from comfyq.db import connect_once
+from comfyq.processes import ManagedProcess
+from comfyq.stack import start_standin, start_worker
+from tests.e2e_support import wait_until
+from tests.n8n.conftest import N8n, api_session
+
+pytestmark = [pytest.mark.n8n, pytest.mark.slow]
+
+PARAMS: dict[str, Any] = {"prompt": "a lighthouse at dawn", "steps": 4, "width": 64, "height": 64}
+JOB: dict[str, Any] = {"workflow": "txt2img", "params": PARAMS}
+
+
+def jobs_in_db(n8n: N8n) -> list[dict[str, Any]]:
+    conn = connect_once(n8n.db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, tenant, status, params, outputs FROM job_queue ORDER BY id")
+            return [dict(zip(("id", "tenant", "status", "params", "outputs"), row)) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def submit(n8n: N8n, body: Any, headers: dict[str, str] | None = None, key: str | None = "") -> requests.Response:
+    sent = dict(headers or {})
+    if key is not None:
+        sent["X-Comfyq-Key"] = key or n8n.webhook_key
+    return requests.post(n8n.webhook("comfyq/jobs"), json=body, headers=sent, timeout=30)
+
+
+@pytest.fixture
+def worker(fresh: N8n) -> Iterator[ManagedProcess]:
+    """The stand-in and one worker, for this test only (other tests need jobs to stay queued)."""
+    standin, comfy_url = start_standin(fresh.log_dir, fresh.storage_dir.parent / "comfyui-output")
+    try:
+        proc = start_worker(fresh.log_dir, {
+            "DATABASE_URL": fresh.db_url, "COMFYUI_URL": comfy_url, "COMFYQ_STORAGE_DIR": str(fresh.storage_dir),
+            "COMFYQ_POLL_INTERVAL_SECONDS": "1", "COMFYQ_HEARTBEAT_SECONDS": "0.5", "PYTHONUNBUFFERED": "1"})
+        try:
+            yield proc
+        finally:
+            proc.stop(timeout=15)
+    finally:
+        standin.stop(timeout=10)
+
+
+def test_a_job_submitted_through_n8n_is_processed_to_success(fresh: N8n, worker: ManagedProcess) -> None:
+    response = submit(fresh, JOB)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and isinstance(body["id"], int)
+
+    def finished() -> dict[str, Any] | None:
+        rows = [row for row in jobs_in_db(fresh) if row["id"] == body["id"]]
+        return rows[0] if rows and rows[0]["status"] in ("succeeded", "failed") else None
+
+    row = wait_until(finished, 60, "the job to finish")
+    assert row["status"] == "succeeded" and row["tenant"] == "n8n"
+    assert row["params"]["prompt"] == "a lighthouse at dawn"
+    [output] = row["outputs"]
+    assert (fresh.storage_dir / output["key"]).read_bytes()[:4] == b"\x89PNG"
+    assert len(jobs_in_db(fresh)) == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"workflow": "txt2img", "params": {"prompt": "x"}, "priority": 99999},
+    {"workflow": "no-such-template", "params": {}},
+    {"workflow": "txt2img", "params": {"prompt": "x", "steps": 0}},
+    {"graph": {"1": {"class_type": "EmptyImage", "inputs": {}}}},
+], ids=["priority", "unknown-workflow", "bad-param", "raw-graph-refused"])
+def test_a_bad_submission_gets_the_api_answer_unchanged_and_writes_nothing(fresh: N8n, body: dict[str, Any]) -> None:
+    direct = api_session(fresh).post(f"{fresh.api_url}/jobs", json=body, timeout=10)
+    assert 400 <= direct.status_code < 500
+    through = submit(fresh, body)
+    assert through.status_code == direct.status_code
+    assert through.json() == direct.json() and set(through.json()["error"]) == {"code", "message", "details"}
+    assert jobs_in_db(fresh) == []
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key", ""], ids=["no-header", "wrong-key", "right-key"])
+def test_the_header_key_is_required(fresh: N8n, key: str | None) -> None:
+    response = submit(fresh, JOB, key=key)
+    if key == "":  # the right key: the control case
+        assert response.status_code == 202
+        assert len(jobs_in_db(fresh)) == 1
+    else:
+        assert response.status_code in (401, 403), response.text
+        assert jobs_in_db(fresh) == []
+
+
+def test_an_array_goes_through_the_batch_endpoint(fresh: N8n) -> None:
+    jobs = [{**JOB, "params": {**PARAMS, "prompt": f"prompt {i}"}} for i in range(3)]
+    response = submit(fresh, jobs)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["count"] == 3 and [j["status"] for j in body["jobs"]] == ["queued"] * 3  # /jobs/batch's answer
+    rows = jobs_in_db(fresh)
+    assert [r["id"] for r in rows] == [j["id"] for j in body["jobs"]]
+    assert [r["params"]["prompt"] for r in rows] == ["prompt 0", "prompt 1", "prompt 2"]
+
+    as_object = submit(fresh, {"jobs": jobs[:1]})  # the API's own batch shape works too
+    assert as_object.status_code == 202 and as_object.json()["count"] == 1
+
+    bad = submit(fresh, [jobs[0], {"workflow": "txt2img", "params": {"prompt": "x", "steps": 0}}])
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_batch_items"
+    assert bad.json()["error"]["details"]["items"][0]["index"] == 1
+    assert len(jobs_in_db(fresh)) == 4
+
+
+def test_the_idempotency_key_is_forwarded(fresh: N8n) -> None:
+    first = submit(fresh, JOB, headers={"Idempotency-Key": "order-17"})
+    again = submit(fresh, JOB, headers={"Idempotency-Key": "order-17"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert len(jobs_in_db(fresh)) == 1
