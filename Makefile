@@ -73,5 +73,39 @@ n8n-stop: ## Stop the n8n started by `make n8n`
 test: n8n-install system-tools
 
 .PHONY: system-tools
-system-tools: ## Install the system tools tests call: promtool (Debian's prometheus package)
+system-tools: ## Install and start what tests call: promtool (Debian's prometheus), a Redis on 127.0.0.1:6379
 	@command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }; \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; }
+
+# Benchmarks (docs/benchmarks.md): their own environment, .bench-venv, from bench/requirements.txt (comfyq plus
+# pgqueuer and procrastinate, which never enter comfyq's own dependencies). Not tests: CI runs bench-quick only
+# to prove they still run. DATABASE_URL: a server where they may create scratch databases (default: the local one).
+.PHONY: bench bench-quick bench-install bench-gpu-busy bench-queue-backends
+BENCH_VENV ?= .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+BENCH_DB ?= $${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench-install: $(BENCH_STAMP) ## Create .bench-venv (comfyq + pgqueuer, procrastinate) and install wrk
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
+
+bench: bench-install ## Run the full benchmark suite (~20 min); writes docs/benchmarks.png and build/bench/
+	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.run --json build/bench/results.json \
+		--markdown build/bench/results.md --chart docs/benchmarks.png
+
+bench-quick: bench-install ## Run every benchmark in quick mode (< 3 min; what CI runs)
+	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.run --quick --json build/bench/quick.json \
+		--chart build/bench/quick.png
+
+bench-gpu-busy: bench-install ## Only the GPU busy ratio benchmark (bench/gpu_busy.py)
+	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.gpu_busy
+
+bench-queue-backends: bench-install ## Postgres against Redis transport (bench/queue_backends.py; needs REDIS_URL's server)
+	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.queue_backends

@@ -11,6 +11,7 @@ from typing import Any
 
 from comfyq.db import Database, Row
 from comfyq.errors import ComfyqError
+from comfyq.transport import Message, PostgresTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ class ClaimedJob:
 
 
 class JobQueue:
-    """Postgres-backed queue operations shared by the API, the workers and the CLI."""
+    """Postgres-backed queue operations shared by the API, the workers and the CLI. The transport decides how
+    workers find the next job (comfyq/transport.py); every state change happens here, in Postgres, either way."""
 
-    def __init__(self, db: Database, *, lease_seconds: float = 60.0) -> None:
+    def __init__(self, db: Database, *, lease_seconds: float = 60.0, transport: Transport | None = None) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
+        self.transport = transport if transport is not None else PostgresTransport()
 
     # Submission ---------------------------------------------------------------------------------------
     def enqueue(self, job: NewJob) -> Row:
@@ -106,7 +109,9 @@ class JobQueue:
         if not jobs:
             return []
         payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
-        return self.db.fetch_all("enqueue_jobs", {"jobs": payload})
+        rows = self.db.fetch_all("enqueue_jobs", {"jobs": payload})
+        self._publish_new(rows, jobs)
+        return rows
 
     def submit(self, jobs: Sequence[NewJob], tenant: str, *, idempotency_key: str | None = None,
                request_hash: str | None = None) -> Submission:
@@ -126,7 +131,8 @@ class JobQueue:
                 return Submission(rows, replayed=True)
             rows = session.fetch_all("enqueue_jobs", {"jobs": payload})
             session.execute("submission_set_jobs", {**key, "job_ids": [row["id"] for row in rows]})
-            return Submission(rows, replayed=False)
+        self._publish_new(rows, jobs)  # after the commit: a worker that gets the message finds the row
+        return Submission(rows, replayed=False)
 
     def queued_count(self, tenant: str, cap: int) -> int:
         row = self.db.fetch_one("count_queued_for_tenant", {"tenant": tenant, "cap": cap})
@@ -142,7 +148,10 @@ class JobQueue:
 
     def retry(self, job_id: int, tenant: str) -> Row | None:
         """Requeue a failed, canceled or expired job with fresh attempts; None when it is not one."""
-        return self.db.fetch_one("retry_job", {"id": job_id, "tenant": tenant})
+        row = self.db.fetch_one("retry_job", {"id": job_id, "tenant": tenant})
+        if row is not None:
+            self.republish([row["id"]])
+        return row
 
     def status(self, job_id: int, tenant: str) -> str | None:
         row = self.db.fetch_one("job_status", {"id": job_id, "tenant": tenant})
@@ -150,7 +159,23 @@ class JobQueue:
 
     # Worker side --------------------------------------------------------------------------------------
     def claim(self, worker_id: str) -> ClaimedJob | None:
-        row = self.db.fetch_one("claim_job", {"worker_id": worker_id, "lease_seconds": self.lease_seconds})
+        """The next job for this worker, as the transport finds it (SKIP LOCKED, or a Redis message)."""
+        return self.transport.claim(self, worker_id)
+
+    def claim_next(self, worker_id: str) -> ClaimedJob | None:
+        """The highest-priority eligible job, claimed with SKIP LOCKED."""
+        return self._claimed(self.db.fetch_one(
+            "claim_job", {"worker_id": worker_id, "lease_seconds": self.lease_seconds}), worker_id)
+
+    def claim_by_id(self, job_id: int, worker_id: str) -> ClaimedJob | None:
+        """Claim this job if it is still queued, due and within its deadline; None otherwise (a duplicate or
+        stale message)."""
+        return self._claimed(self.db.fetch_one(
+            "claim_job_by_id", {"id": job_id, "worker_id": worker_id, "lease_seconds": self.lease_seconds}),
+            worker_id)
+
+    @staticmethod
+    def _claimed(row: Row | None, worker_id: str) -> ClaimedJob | None:
         if row is None:
             return None
         return ClaimedJob(
@@ -190,13 +215,19 @@ class JobQueue:
                      delay_seconds: float) -> Row | None:
         """Record a failed attempt: back to the queue after delay_seconds when retryable and attempts remain,
         else failed. Returns the new status row, or None when the lease was lost."""
-        return self.db.fetch_one("fail_attempt", {
+        row = self.db.fetch_one("fail_attempt", {
             **lease.fence(), "error": json.dumps(error), "retryable": retryable,
             "delay_seconds": max(0.0, delay_seconds)})
+        if row is not None and row["status"] == "queued":
+            self.republish([row["id"]])
+        return row
 
     def release(self, lease: Lease, reason: str) -> bool:
         """Hand the attempt back without counting it (shutdown)."""
-        return self.db.fetch_one("release_job", {**lease.fence(), "reason": reason}) is not None
+        released = self.db.fetch_one("release_job", {**lease.fence(), "reason": reason}) is not None
+        if released:
+            self.republish([lease.job_id])
+        return released
 
     def finish_canceled(self, lease: Lease) -> bool:
         return self.db.fetch_one("finish_canceled_job", lease.fence()) is not None
@@ -218,8 +249,34 @@ class JobQueue:
         for row in rows:
             log.warning("rescued job %s of worker %s -> %s", row["id"], row["worker_id"], row["status"],
                         extra={"action": "rescue", "job_id": row["id"]})
+        self.republish([row["id"] for row in rows if row["status"] == "queued"])
         return rows
 
     def expire_overdue(self, limit: int = 1000) -> list[int]:
         rows = self.db.fetch_all("expire_overdue_jobs", {"limit": limit})
         return [row["id"] for row in rows]
+
+    # Transport ----------------------------------------------------------------------------------------
+    def _publish_new(self, rows: Sequence[Row], jobs: Sequence[NewJob]) -> None:
+        """Messages for rows just inserted (rows come back in input order, so each row pairs with its job)."""
+        if not self.transport.publishes or not rows:
+            return
+        self._publish([Message(row["id"], row["priority"], 0, job.run_at) for row, job in zip(rows, jobs)])
+
+    def republish(self, job_ids: Sequence[int]) -> None:
+        """Messages for jobs put back in the queue (retry, rescue, release); read from their rows, so a job
+        that is no longer queued gets none."""
+        if not self.transport.publishes or not job_ids:
+            return
+        try:
+            rows = self.db.fetch_all("jobs_to_publish", {"ids": list(job_ids)})
+        except ComfyqError as exc:
+            log.warning("could not read jobs %s to publish them (the reconciler will): %s", list(job_ids), exc)
+            return
+        self._publish([Message(row["id"], row["priority"], row["attempts"], row["run_at"]) for row in rows])
+
+    def _publish(self, messages: list[Message]) -> None:
+        try:
+            self.transport.publish(messages)
+        except Exception:  # the rows are committed; a lost message is found by the reconciler
+            log.exception("publishing %d jobs failed; the reconciler will re-enqueue them", len(messages))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -13,7 +14,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class Settings(BaseSettings):
     """Every knob of comfyq. Names are the environment variables, upper-cased, with a COMFYQ_ prefix
-    except the two that the ecosystem already names (DATABASE_URL, COMFYUI_URL)."""
+    except those that the ecosystem already names (DATABASE_URL, COMFYUI_URL, QUEUE_BACKEND, REDIS_URL)."""
 
     model_config = SettingsConfigDict(env_prefix="COMFYQ_", extra="ignore", frozen=True,
                                       populate_by_name=True)
@@ -41,6 +42,19 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, gt=0)
     priority_min: int = -1000
     priority_max: int = 1000
+
+    # Queue transport (docs/redis.md). "postgres": workers claim with SKIP LOCKED and sleep on LISTEN.
+    # "redis": Postgres stays the system of record, job ids also travel through RQ queues, one per priority band.
+    queue_backend: str = Field(default="postgres", validation_alias=AliasChoices("QUEUE_BACKEND"))
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    redis_prefix: str = "comfyq"  # RQ queue names and message ids start with it (several deployments, one Redis)
+    # Lower bounds of the priority bands, highest first: "100,10,1,0,-9,-99" makes the bands >=100, 10..99,
+    # 1..9, 0, -9..-1, -99..-10 and <=-100. Workers take the highest non-empty band first, FIFO inside a band.
+    redis_band_floors: str = "100,10,1,0,-9,-99"
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)  # re-enqueue queued rows whose message is lost
+    reconcile_grace_seconds: float = Field(default=5.0, ge=0)  # a row this fresh may still be being published
+    redis_scheduler_seconds: float = Field(default=0.5, gt=0)  # moves due delayed messages (RQ's scheduler)
+    redis_retry_seconds: float = Field(default=5.0, gt=0)  # after a Redis error: Postgres only for this long
 
     # Worker and ComfyUI.
     worker_id: str | None = None
@@ -104,6 +118,41 @@ class Settings(BaseSettings):
         if value not in {"local", "s3"}:
             raise ValueError(f"unknown storage backend {value!r}; expected 'local' or 's3'")
         return value
+
+    @field_validator("queue_backend")
+    @classmethod
+    def _known_queue_backend(cls, value: str) -> str:
+        if value not in {"postgres", "redis"}:
+            raise ValueError(f"unknown queue backend {value!r}; expected 'postgres' or 'redis'")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_chars(cls, value: str) -> str:
+        if not value or not all(c.isascii() and (c.isalnum() or c == "_") for c in value):
+            raise ValueError("COMFYQ_REDIS_PREFIX may hold only letters, digits and '_'")
+        return value
+
+    @field_validator("redis_band_floors")
+    @classmethod
+    def _band_floors(cls, value: str) -> str:
+        try:
+            floors = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"COMFYQ_REDIS_BAND_FLOORS must be integers separated by commas, got {value!r}") from None
+        if not floors or any(a <= b for a, b in itertools.pairwise(floors)):
+            raise ValueError("COMFYQ_REDIS_BAND_FLOORS needs at least one floor, strictly descending")
+        return ",".join(str(f) for f in floors)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> Settings:
+        if self.queue_backend == "redis" and not self.redis_url:
+            raise ValueError("QUEUE_BACKEND=redis needs REDIS_URL (e.g. redis://redis:6379/0)")
+        return self
+
+    @property
+    def band_floors(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.redis_band_floors.split(","))
 
     @field_validator("log_format")
     @classmethod

@@ -134,4 +134,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 from tests.e2e_support import stack  # noqa: E402,F401 - fixture shared by the multi-process tests
 from tests.http_servers import image_host, receiver  # noqa: E402,F401 - fixtures shared by several modules
+from tests.redis_support import backend, redis_backend, redis_conn, redis_url  # noqa: E402,F401 - transport tests
 from tests.s3_server import s3_server, s3_storage  # noqa: E402,F401 - a real S3 API (moto) for storage tests

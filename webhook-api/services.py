@@ -13,6 +13,7 @@ from comfyq.db import Database
 from comfyq.jobs import JobQueue
 from comfyq.settings import Settings
 from comfyq.storage import Storage, build_storage
+from comfyq.transport import build_transport
 from comfyq.workflows import Workflow, load_workflows
 
 
@@ -29,7 +30,10 @@ _lock = threading.Lock()
 
 def build_services(settings: Settings) -> Services:
     db = open_database(settings, application_name="comfyq-api", start_embedded=False)
-    return Services(db=db, queue=JobQueue(db, lease_seconds=settings.lease_seconds),
+    # QUEUE_BACKEND=redis: every submit, and every retry through the API, also publishes the job ids after the
+    # commit (comfyq/redis_transport.py); the routes are the same for both backends.
+    queue = JobQueue(db, lease_seconds=settings.lease_seconds, transport=build_transport(settings))
+    return Services(db=db, queue=queue,
                     workflows=load_workflows(settings.workflows_dir), storage=build_storage(settings))
 
 

@@ -1,5 +1,6 @@
-"""The worker: registers itself, runs the pipeline (claim with SKIP LOCKED, keep ComfyUI's queue fed, sleep on
-LISTEN with a poll fallback when idle) and stops gracefully: the first signal lets the running job finish and
+"""The worker: registers itself, runs the pipeline (claim through the queue's transport: SKIP LOCKED, or a Redis
+message claimed by id; keep ComfyUI's queue fed; sleep on LISTEN, or on the Redis bands, with a poll fallback
+when idle) and stops gracefully: the first signal lets the running job finish and
 hands prefetched ones back; the second interrupts and hands back everything at once."""
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from comfyq_worker.metrics import WorkerMetrics
 from comfyq_worker.object_info_publisher import ObjectInfoPublisher
 from comfyq_worker.pipeline import Pipeline
 
-from comfyq.db import Database, Listener
+from comfyq.db import Database
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
 from comfyq.netguard import AddressGuard
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
+from comfyq.transport import Waiter, build_transport
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ class Worker:
         self.settings = settings
         self.db = db
         self.worker_id = settings.worker_id or default_worker_id()
-        self.queue = JobQueue(db, lease_seconds=settings.lease_seconds)
+        self.queue = JobQueue(db, lease_seconds=settings.lease_seconds,
+                              transport=build_transport(settings, owner=self.worker_id))
         client_id = f"comfyq-{self.worker_id}"
 
         def comfy() -> ComfyClient:  # one per thread: requests sessions are not shared across threads
@@ -142,29 +145,35 @@ class Worker:
         publisher = ObjectInfoPublisher.from_settings(self.settings, self.db, self.worker_id).start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
-        listener = self.db.listener("listen_jobs")
-        log.info("worker %s started against %s (prefetch %d)", self.worker_id, self.settings.comfyui_url,
-                 self.settings.prefetch_depth, extra={"action": "worker_start"})
+        waiter = self.queue.transport.waiter(self.db)
+        log.info("worker %s started against %s (prefetch %d, %s transport)", self.worker_id,
+                 self.settings.comfyui_url, self.settings.prefetch_depth, self.queue.transport.name,
+                 extra={"action": "worker_start"})
         try:
-            self._loop(listener, burst)
+            self._loop(waiter, burst)
         finally:
             publisher.stop()
             self.finisher.close()
             self.callbacks.close(timeout=10)
             self.stream.close()
-            listener.close()
+            waiter.close()
             self.maintenance.shutdown()
+            self.queue.transport.close()
             try:
                 self.db.execute("worker_stopped", {"id": self.worker_id})
             except ComfyqError as exc:
                 log.warning("could not mark worker stopped: %s", exc)
             log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_run,
                      extra={"action": "worker_stop"})
+            summary = self.queue.transport.summary()
+            if summary:
+                log.info("%s transport: %s", self.queue.transport.name, summary, extra={"action": "transport"})
         return self.jobs_run
 
-    def _loop(self, listener: Listener, burst: bool) -> None:
-        """Claim only when there is room in the pipeline and a reason to expect a job (a NOTIFY, a finished
-        attempt, a delayed job coming due, or the poll interval), so a busy worker does not hammer the queue."""
+    def _loop(self, waiter: Waiter, burst: bool) -> None:
+        """Claim only when there is room in the pipeline and a reason to expect a job (a NOTIFY or a Redis
+        message, a finished attempt, a delayed job coming due, or the poll interval), so a busy worker does not
+        hammer the queue."""
         pipeline = self.pipeline
         next_claim = 0.0
         while True:
@@ -184,13 +193,16 @@ class Worker:
             if not pipeline.idle:
                 pipeline.wait()
                 pipeline.supervise()
-                if listener.wait(0):
+                if pipeline.has_room and waiter.wait(0):
                     next_claim = 0.0
                 continue
             if self.stopping or burst or (self.max_jobs is not None and not self._may_claim()):
+                if burst and not self.stopping and self._may_claim() and self.queue.transport.request_poll():
+                    next_claim = 0.0  # the last claim did not ask Postgres: exit only once it has said "none"
+                    continue
                 return
             try:
-                if listener.wait(max(0.0, next_claim - time.monotonic()), wake_fds=[self._wake_read]):
+                if waiter.wait(max(0.0, next_claim - time.monotonic()), wake_fds=[self._wake_read]):
                     next_claim = 0.0
             except DatabaseUnavailable as exc:
                 log.warning("LISTEN connection lost: %s", exc, extra={"action": "listen"})

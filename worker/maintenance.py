@@ -1,5 +1,6 @@
 """Background ticks on an apscheduler scheduler: heartbeats renew leases and carry cancel requests to the
-running attempt; rescue and expiry keep the queue correct without n8n or any outside cron."""
+running attempt; rescue and expiry keep the queue correct without n8n or any outside cron; the transport's own
+ticks (Redis: moving due delayed messages, reconciling lost ones) run here too."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ class Maintenance:
         if callbacks is not None and callbacks.enabled:
             self.scheduler.add_job(self.deliver_callbacks, "interval", seconds=CALLBACK_TICK_SECONDS,
                                    id="callbacks")
+        for tick in queue.transport.ticks(queue):  # Redis: RQ's scheduler for delayed messages, the reconciler
+            self.scheduler.add_job(self._guarded(tick.name, tick.run), "interval", seconds=tick.seconds,
+                                   id=tick.name)
+
+    @staticmethod
+    def _guarded(name: str, run: Callable[[], object]) -> Callable[[], None]:
+        def tick() -> None:
+            try:
+                run()
+            except Exception:  # a failed tick is logged; the next one tries again
+                log.exception("%s tick failed", name, extra={"action": name})
+        return tick
 
     def start(self) -> None:
         self.scheduler.start()
