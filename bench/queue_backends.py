@@ -60,7 +60,7 @@ def scratch_redis() -> Iterator[str]:
     server = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     parts = urlsplit(server)
     probe = redis.Redis.from_url(server)
-    databases = int(probe.config_get("databases").get("databases", 16))
+    databases = int(probe.config_get("databases").get("databases") or 16)
     probe.close()
     token = uuid.uuid4().hex
     for number in range(databases - 1, 0, -1):
