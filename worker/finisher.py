@@ -34,12 +34,14 @@ class Finisher:
 
     def __init__(self, settings: Settings, queue: JobQueue, comfy: ComfyClient, storage: Storage,
                  on_recorded: Callable[[Attempt, str], None], *, metrics: WorkerMetrics | None = None,
+                 on_idle: Callable[[], None] = lambda: None,
                  on_terminal: Callable[[int], None] = lambda job_id: None) -> None:
         self.settings = settings
         self.queue = queue
         self.comfy = comfy
         self.storage = storage
         self.on_recorded = on_recorded
+        self.on_idle = on_idle
         self.metrics = metrics
         self.on_terminal = on_terminal
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
@@ -48,7 +50,13 @@ class Finisher:
     def submit(self, attempt: Attempt) -> None:
         future = self._pool.submit(self._record_safely, attempt)
         self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: Future[str]) -> None:
+        """Only now is the finisher no longer busy: wake the loop again, or it would sleep a whole tick
+        before it notices (a 0.25 s pickup stall seen in the benchmarks)."""
+        self._pending.discard(future)
+        self.on_idle()
 
     @property
     def busy(self) -> bool:

@@ -64,7 +64,7 @@ class Worker:
                                        rescue_seconds=settings.rescue_interval_seconds, on_flag=self._kick,
                                        callbacks=self.callbacks)
         self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self._recorded,
-                                 metrics=self.metrics, on_terminal=self._notify_terminal)
+                                 metrics=self.metrics, on_terminal=self._notify_terminal, on_idle=self._kick)
         self.stream = EventStream(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
                                   on_drop=self._on_socket_drop)
         pipeline_comfy = comfy()
