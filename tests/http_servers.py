@@ -76,18 +76,29 @@ class Images(BaseHTTPRequestHandler):
         pass
 
 
+class ThreadedServer:
+    """A ThreadingHTTPServer on 127.0.0.1, port 0, served from a daemon thread; close() stops it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
 @pytest.fixture(scope="module")
 def image_host() -> Iterator[tuple[str, Counter[str]]]:
     hits: Counter[str] = Counter()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Images,), {"hits": hits}))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    server = ThreadedServer(type("Handler", (Images,), {"hits": hits}))
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+        yield f"http://{server.address}", hits
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        server.close()
 
 
 class Receiver:
@@ -113,15 +124,11 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/comfyq"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = ThreadedServer(Handler)
+        self.url = f"http://{self.server.address}/hooks/comfyq"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.server.close()
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ IPv6 forms and redirects), honours the allowlist, and pins connections to the ad
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from comfyq.errors import PermanentFailure
 from comfyq.netguard import AddressGuard, UnsafeUrl, display_url
+from tests.http_servers import ThreadedServer
 
 
 def fake_resolver(*answers: str) -> Any:
@@ -55,15 +55,11 @@ class Recorder(BaseHTTPRequestHandler):
 def server() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
     handler = type("Handler", (Recorder,), {"seen": seen})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    running = ThreadedServer(handler)
     try:
-        yield f"127.0.0.1:{httpd.server_address[1]}", seen
+        yield running.address, seen
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        running.close()
 
 
 @pytest.mark.parametrize("url, reason", [
