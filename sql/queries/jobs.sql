@@ -45,30 +45,8 @@ WITH next AS (
     ORDER BY priority DESC, run_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE job_queue j
-    SET status = 'running',
-        attempts = j.attempts + 1,
-        worker_id = %(worker_id)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = coalesce(j.started_at, now()),
-        claimed_at = now(),
-        updated_at = now(),
-        progress = 0,
-        current_node = NULL,
-        prompt_id = NULL
-    FROM next
-    WHERE j.id = next.id
-    RETURNING j.*, next.eligible_at
-), logged AS (
-    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
-    SELECT id, 'claimed', 'queued', 'running', attempts, worker_id,
-           greatest(0, (extract(epoch FROM now() - eligible_at) * 1000)::bigint)
-    FROM claimed
-), worker AS (
-    UPDATE workers w SET current_job_id = claimed.id FROM claimed WHERE w.id = %(worker_id)s
 )
-SELECT * FROM claimed;
+SELECT claimed.* FROM next, comfyq_take_claim(next.id, next.eligible_at, %(worker_id)s, %(lease_seconds)s) claimed;
 
 -- name: renew_leases
 -- Extends the leases a worker still holds; returns them with their cancel flag so a cancel reaches the worker.
@@ -392,30 +370,8 @@ WITH next AS (
     FROM job_queue
     WHERE id = %(id)s AND status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
     FOR UPDATE
-), claimed AS (
-    UPDATE job_queue j
-    SET status = 'running',
-        attempts = j.attempts + 1,
-        worker_id = %(worker_id)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = coalesce(j.started_at, now()),
-        claimed_at = now(),
-        updated_at = now(),
-        progress = 0,
-        current_node = NULL,
-        prompt_id = NULL
-    FROM next
-    WHERE j.id = next.id
-    RETURNING j.*, next.eligible_at
-), logged AS (
-    INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
-    SELECT id, 'claimed', 'queued', 'running', attempts, worker_id,
-           greatest(0, (extract(epoch FROM now() - eligible_at) * 1000)::bigint)
-    FROM claimed
-), worker AS (
-    UPDATE workers w SET current_job_id = claimed.id FROM claimed WHERE w.id = %(worker_id)s
 )
-SELECT * FROM claimed;
+SELECT claimed.* FROM next, comfyq_take_claim(next.id, next.eligible_at, %(worker_id)s, %(lease_seconds)s) claimed;
 
 -- name: job_claim_state
 -- Why a message claimed nothing: a job still queued but not yet due is scheduled again for its run_at.
