@@ -1,4 +1,4 @@
-"""Claim cost at scale: the round trip of one claim (JobQueue.claim_next, the claim_job query: SKIP LOCKED over
+"""Claim cost at scale: the round trip of one claim (JobQueue.claim_next, claim_jobs with limit 1: SKIP LOCKED over
 the partial index job_queue_claim_idx, the UPDATE, its job_logs row, the worker row) in a table holding 1M
 finished and 100k queued jobs, against the same claim in a table holding only the jobs being claimed; claims
 alternate between the two databases (A B, B A, ...), medians. Both tables are vacuumed and analyzed after
@@ -55,7 +55,7 @@ def prepare(db: Database, finished: int, queued: int) -> float:
 
 def explain(db: Database) -> str:
     with db.session() as session, session.conn.cursor() as cur:
-        cur.execute(EXPLAIN_CLAIM + db.sql("claim_job"), {"worker_id": WORKER, "lease_seconds": 60})
+        cur.execute(EXPLAIN_CLAIM + db.sql("claim_jobs"), {"worker_id": WORKER, "lease_seconds": 60, "limit": 1})
         return "\n".join(r[0] for r in cur.fetchall())
 
 

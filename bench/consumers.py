@@ -217,9 +217,11 @@ def plain_consumer(url: str, stop: Any, go: Any, ready: Any) -> None:
 
 
 # comfyq core ------------------------------------------------------------------------------------------------
-def comfyq_consumer(url: str, name: str, stop: Any, go: Any, ready: Any) -> None:
-    """The worker's claim path without ComfyUI: claim (SKIP LOCKED), complete at once; registered in `workers`
-    like a real worker so claim and complete update its row. Waits for `go`, exits when a claim finds none."""
+def comfyq_consumer(url: str, name: str, stop: Any, go: Any, ready: Any, batch: int = 1) -> None:
+    """The queue core without ComfyUI: claim (SKIP LOCKED), complete at once; registered in `workers` like a
+    real worker so claim and complete update its row. batch 1 is the ComfyUI worker's path (JobQueue.claim,
+    JobQueue.complete); above 1, JobQueue.claim_many / complete_many, batch jobs per statement. Waits for `go`,
+    exits when a claim finds none."""
     import socket  # noqa: PLC0415
 
     from comfyq.db import Database  # noqa: PLC0415
@@ -234,10 +236,16 @@ def comfyq_consumer(url: str, name: str, stop: Any, go: Any, ready: Any) -> None
     go.wait()
     try:
         while not stop.is_set():
-            job = queue.claim(name)
-            if job is None:
+            if batch == 1:
+                job = queue.claim(name)
+                if job is None:
+                    break
+                queue.complete(job.lease, [])
+                continue
+            jobs = queue.claim_many(name, batch)
+            if not jobs:
                 break
-            queue.complete(job.lease, [])
+            queue.complete_many(name, [(claimed.lease, []) for claimed in jobs])
     finally:
         db.close()
 

@@ -2,8 +2,9 @@
 executor (no ComfyUI), against pgqueuer draining the same number of jobs with the same payload (batch 10, one
 worker, asyncpg) in the same run, rounds interleaved.
 
-comfyq: 4 processes running JobQueue.claim (claim_job: SKIP LOCKED, one job per round trip) then
-JobQueue.complete, as registered workers. Rate = N / (last finished_at - first claimed_at).
+comfyq: 4 processes as registered workers running JobQueue.claim_many / complete_many with batch 10 (the
+figure, the same batch as pgqueuer's), and JobQueue.claim / complete, one job per round trip, as the ComfyUI
+worker claims (context). Rate = N / (last finished_at - first claimed_at).
 pgqueuer: QueueManager in drain mode. Rate = N / (last 'successful' - first 'picked' in pgqueuer_log).
 
     .bench-venv/bin/python -m bench.drain            # 20,000 jobs, 3 rounds
@@ -27,6 +28,7 @@ from comfyq.jobs import JobQueue, NewJob
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}}}
 COMFYQ_WORKERS = 4
+BATCH = 10
 
 
 def scalar(db: Database, sql: str) -> Any:
@@ -43,14 +45,14 @@ def execute(db: Database, sql: str) -> None:
             session.execute_file(statement)
 
 
-def comfyq_drain(db: Database, url: str, jobs: int, workers: int) -> float:
+def comfyq_drain(db: Database, url: str, jobs: int, workers: int, batch: int) -> float:
     execute(db, "TRUNCATE job_logs, job_queue RESTART IDENTITY CASCADE; DELETE FROM workers; VACUUM ANALYZE job_queue")
     queue = JobQueue(db)
     for start in range(0, jobs, 5000):
         queue.enqueue_many([NewJob(graph=GRAPH, priority=i % 3) for i in range(start, min(jobs, start + 5000))])
     execute(db, "VACUUM ANALYZE job_queue")
-    kids = Children(comfyq_consumer, lambda n, stop, go, ready: (url, f"drain-{n}", stop, go, ready), workers,
-                    settle=0.3)
+    kids = Children(comfyq_consumer, lambda n, stop, go, ready: (url, f"drain-{n}", stop, go, ready, batch),
+                    workers, settle=0.3)
     try:
         kids.go.set()
         if not kids.join(600):
@@ -79,7 +81,8 @@ def pgq_drain(db: Database, url: str, jobs: int, workers: int, loop: asyncio.Abs
 
     loop.run_until_complete(fill())
     execute(db, "VACUUM ANALYZE pgqueuer")
-    kids = Children(pgq_consumer, lambda n, stop, go, ready: (url, 10, True, stop, go, ready), workers, settle=0.3)
+    kids = Children(pgq_consumer, lambda n, stop, go, ready: (url, BATCH, True, stop, go, ready), workers,
+                    settle=0.3)
     try:
         kids.go.set()
         if not kids.join(600):
@@ -101,7 +104,8 @@ def run(work: Path, quick: bool) -> list[Figure]:
         with scratch_database(work) as (url, db):
             loop.run_until_complete(pgq_install(url))
             runs = {
-                "comfyq": lambda: comfyq_drain(db, url, jobs, COMFYQ_WORKERS),
+                "comfyq": lambda: comfyq_drain(db, url, jobs, COMFYQ_WORKERS, BATCH),
+                "comfyq1": lambda: comfyq_drain(db, url, jobs, COMFYQ_WORKERS, 1),
                 "pgqueuer": lambda: pgq_drain(db, url, jobs, 1, loop),
                 "pgqueuer4": lambda: pgq_drain(db, url, jobs, COMFYQ_WORKERS, loop),
             }
@@ -110,11 +114,14 @@ def run(work: Path, quick: bool) -> list[Figure]:
         loop.close()
     note = f"{jobs:,} jobs per run, {rounds} rounds interleaved, medians; no-op executor, no ComfyUI"
     return [
-        Figure("drain", f"queue core, {COMFYQ_WORKERS} workers", "jobs/s", median(results["comfyq"]),
-               "pgqueuer, batch 10, 1 worker", median(results["pgqueuer"]), min_ratio=0.5, main=True, note=note,
-               samples=results),
-        Figure("drain", f"queue core, {COMFYQ_WORKERS} workers (context)", "jobs/s", median(results["comfyq"]),
-               f"pgqueuer, batch 10, {COMFYQ_WORKERS} workers", median(results["pgqueuer4"])),
+        Figure("drain", f"queue core, batch {BATCH}, {COMFYQ_WORKERS} workers", "jobs/s", median(results["comfyq"]),
+               f"pgqueuer, batch {BATCH}, 1 worker", median(results["pgqueuer"]), min_ratio=0.5, main=True,
+               note=note, samples=results),
+        Figure("drain", f"queue core, batch {BATCH}, {COMFYQ_WORKERS} workers (context)", "jobs/s",
+               median(results["comfyq"]), f"pgqueuer, batch {BATCH}, {COMFYQ_WORKERS} workers",
+               median(results["pgqueuer4"])),
+        Figure("drain", f"queue core, one job per claim, {COMFYQ_WORKERS} workers (context)", "jobs/s",
+               median(results["comfyq1"]), f"pgqueuer, batch {BATCH}, 1 worker", median(results["pgqueuer"])),
     ]
 
 

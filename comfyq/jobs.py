@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from comfyq import jsonio
 from comfyq.db import Database, Row
 from comfyq.errors import ComfyqError
 from comfyq.transport import Message, PostgresTransport, Transport
@@ -108,7 +109,7 @@ class JobQueue:
         """Insert all jobs in one statement (one round trip, one transaction); rows come back in input order."""
         if not jobs:
             return []
-        payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
+        payload = jsonio.dumps([job.to_json() for job in jobs])
         rows = self.db.fetch_all("enqueue_jobs", {"jobs": payload})
         self._publish_new(rows, jobs)
         return rows
@@ -119,7 +120,7 @@ class JobQueue:
         of the first one (even when both arrive at once) and a different request under the key is refused."""
         if idempotency_key is None:
             return Submission(self.enqueue_many(jobs), replayed=False)
-        payload = json.dumps([job.to_json() for job in jobs], separators=(",", ":"))
+        payload = jsonio.dumps([job.to_json() for job in jobs])
         key = {"tenant": tenant, "key": idempotency_key}
         with self.db.session() as session, session.transaction():
             if not session.fetch_all("submission_claim", {**key, "request_hash": request_hash}):
@@ -164,8 +165,18 @@ class JobQueue:
 
     def claim_next(self, worker_id: str) -> ClaimedJob | None:
         """The highest-priority eligible job, claimed with SKIP LOCKED."""
-        return self._claimed(self.db.fetch_one(
-            "claim_job", {"worker_id": worker_id, "lease_seconds": self.lease_seconds}), worker_id)
+        claimed = self.claim_many(worker_id, 1)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, worker_id: str, limit: int) -> list[ClaimedJob]:
+        """Up to `limit` eligible jobs in one statement, in claim order (SKIP LOCKED; Postgres transport only).
+        For consumers of short jobs, where a round trip per job would cost more than the job: a ComfyUI worker
+        claims one at a time and keeps the next prompt queued in ComfyUI instead (prefetch)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        rows = self.db.fetch_all(
+            "claim_jobs", {"worker_id": worker_id, "lease_seconds": self.lease_seconds, "limit": limit})
+        return [job for job in (self._claimed(row, worker_id) for row in rows) if job is not None]
 
     def claim_by_id(self, job_id: int, worker_id: str) -> ClaimedJob | None:
         """Claim this job if it is still queued, due and within its deadline; None otherwise (a duplicate or
@@ -209,7 +220,19 @@ class JobQueue:
 
     def complete(self, lease: Lease, outputs: list[dict[str, Any]]) -> bool:
         """Mark the attempt succeeded; False when the lease was lost (another attempt owns the job)."""
-        return self.db.fetch_one("complete_job", {**lease.fence(), "outputs": json.dumps(outputs)}) is not None
+        return lease.job_id in self.complete_many(lease.worker_id, [(lease, outputs)])
+
+    def complete_many(self, worker_id: str, finished: Sequence[tuple[Lease, list[dict[str, Any]]]]) -> set[int]:
+        """Mark several of this worker's attempts succeeded in one statement. Returns the ids recorded; a job
+        missing from it had lost its lease (another attempt owns it) and was left alone."""
+        if not finished:
+            return set()
+        if any(lease.worker_id != worker_id for lease, _ in finished):
+            raise ValueError("every lease must belong to worker_id")
+        done = jsonio.dumps([{"id": lease.job_id, "attempt": lease.attempt, "outputs": outputs}
+                             for lease, outputs in finished])
+        rows = self.db.fetch_all("complete_jobs", {"worker_id": worker_id, "done": done})
+        return {int(row["id"]) for row in rows}
 
     def fail_attempt(self, lease: Lease, error: dict[str, Any], *, retryable: bool,
                      delay_seconds: float) -> Row | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def parse_queries(text: str, source: str = "<string>") -> dict[str, str]:
 
 
 @lru_cache(maxsize=4)
+def load_positional(sql_dir: Path) -> dict[str, PositionalQuery]:
+    """The PREPARE forms of every preparable named query."""
+    forms = {name: positional(sql) for name, sql in load_queries(sql_dir).items()}
+    return {name: form for name, form in forms.items() if form is not None}
+
+
+@lru_cache(maxsize=4)
 def load_queries(sql_dir: Path) -> dict[str, str]:
     """All named queries of the project, keyed by name; duplicate names across files are an error."""
     queries: dict[str, str] = {}
@@ -40,3 +48,34 @@ def load_queries(sql_dir: Path) -> dict[str, str]:
                 raise ConfigurationError(f"{path}: query {name!r} is already defined in another file")
             queries[name] = body
     return queries
+
+
+_PARAM = re.compile(r"%\((?P<name>[a-z_][a-z0-9_]*)\)s|%%")
+_PREPARABLE = re.compile(r"^(?:\s*--[^\n]*\n)*\s*(?:SELECT|INSERT|UPDATE|DELETE|WITH|VALUES)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PositionalQuery:
+    """A named query rewritten for PREPARE: `%(name)s` becomes `$n` (one number per distinct name, in order of
+    first use) and `%%` becomes `%`, because PREPARE takes server-side placeholders and psycopg2 formats nothing."""
+
+    sql: str
+    params: tuple[str, ...]
+
+
+def positional(sql: str) -> PositionalQuery | None:
+    """The PREPARE form of a query, or None for statements PREPARE does not take (LISTEN, DDL, SET ...)."""
+    if not _PREPARABLE.match(sql):
+        return None
+    sql = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    names: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name is None:
+            return "%"
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return PositionalQuery(_PARAM.sub(replace, sql).rstrip().rstrip(";"), tuple(names))

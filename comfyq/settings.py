@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=4, ge=1)
     db_connect_timeout: int = Field(default=5, ge=1)
+    # PREPARE each named query once per connection (docs/configuration.md). Off behind PgBouncer in transaction
+    # mode, which hands a session's statements to other server connections.
+    db_prepare_statements: bool = True
 
     # Queue behaviour.
     lease_seconds: float = Field(default=60.0, gt=0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyq import jsonio
 from comfyq.errors import ConfigurationError
 
 PARAM_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float),
@@ -87,10 +88,10 @@ class Workflow:
     description: str
     graph: dict[str, Any]
     params: dict[str, ParamSpec]
-    _graph_json: str = field(init=False, repr=False, compare=False)
+    _graph_json: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_graph_json", json.dumps(self.graph))
+        object.__setattr__(self, "_graph_json", json.dumps(self.graph).encode())
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
@@ -123,8 +124,8 @@ class Workflow:
 
     def render(self, params: dict[str, Any]) -> dict[str, Any]:
         """The API-format graph with every param written into its target inputs. The copy comes from the
-        template's JSON text: ten times cheaper than deepcopy, which dominated 10k-job batches."""
-        graph: dict[str, Any] = json.loads(self._graph_json)
+        template's JSON text (orjson): far cheaper than deepcopy, which dominated 10k-job batches."""
+        graph: dict[str, Any] = jsonio.loads(self._graph_json)
         for name, value in params.items():
             for target in self.params[name].targets:
                 graph[target.node]["inputs"][target.input] = value

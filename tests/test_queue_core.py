@@ -173,8 +173,8 @@ def test_claim_plan_uses_the_partial_index(db: Database, queue: JobQueue, sql: A
     queue.enqueue_many([job(priority=i % 7) for i in range(2000)])
     sql.execute("ANALYZE job_queue")
     sql.execute("SET enable_seqscan = off")  # small tables: ask whether the index CAN serve the claim
-    claim_sql = db.sql("claim_job")
-    select_part = claim_sql[claim_sql.index("SELECT id"):claim_sql.index("FOR UPDATE")]
+    claim_sql = db.sql("claim_jobs")
+    select_part = claim_sql[claim_sql.index("SELECT id"):claim_sql.index("FOR UPDATE")].replace("%(limit)s", "1")
     sql.execute("EXPLAIN (FORMAT JSON) " + select_part)
     plan = json.dumps(sql.fetchone()[0])
     assert "job_queue_claim_idx" in plan
@@ -190,3 +190,50 @@ def test_backoff_grows_and_is_capped() -> None:
     assert delays[0] >= 0.5
     with pytest.raises(ValueError):
         retry_delay(0, 1.0, 2.0)
+
+
+def test_claim_many_takes_the_next_jobs_in_order_and_logs_each(queue: JobQueue, db: Database, sql: Any) -> None:
+    db.execute("register_worker", {"id": "w1", "host": "h", "pid": 1, "comfyui_url": "none"})
+    ids = [queue.enqueue(job(priority=p))["id"] for p in [0, 5, 1, 5, 0]]
+    first = queue.claim_many("w1", 3)
+    assert [c.id for c in first] == [ids[1], ids[3], ids[2]]
+    assert all(c.attempt == 1 and c.lease.worker_id == "w1" for c in first)
+    rest = queue.claim_many("w1", 10)
+    assert [c.id for c in rest] == [ids[0], ids[4]]
+    assert queue.claim_many("w1", 10) == []
+    sql.execute("SELECT count(*) FROM job_logs WHERE event = 'claimed'")
+    assert sql.fetchone()[0] == 5
+    sql.execute("SELECT current_job_id FROM workers WHERE id = 'w1'")
+    assert sql.fetchone()[0] == min(ids[0], ids[4])
+    with pytest.raises(ValueError):
+        queue.claim_many("w1", 0)
+
+
+def test_claim_many_from_two_workers_never_shares_a_job(queue: JobQueue) -> None:
+    queue.enqueue_many([job() for _ in range(30)])
+    a = queue.claim_many("a", 12)
+    b = queue.claim_many("b", 12)
+    c = queue.claim_many("a", 12)
+    taken = [j.id for j in a + b + c]
+    assert len(taken) == 30 and len(set(taken)) == 30
+
+
+def test_complete_many_records_held_leases_and_skips_lost_ones(queue: JobQueue, db: Database, sql: Any) -> None:
+    db.execute("register_worker", {"id": "w1", "host": "h", "pid": 1, "comfyui_url": "none"})
+    queue.enqueue_many([job() for _ in range(4)])
+    claimed = queue.claim_many("w1", 4)
+    stale = claimed[3].lease.__class__(claimed[3].id, claimed[3].attempt + 1, "w1")  # not the attempt it holds
+    finished = [(c.lease, [{"filename": f"{c.id}.png"}]) for c in claimed[:3]] + [(stale, [])]
+    recorded = queue.complete_many("w1", finished)
+    assert recorded == {c.id for c in claimed[:3]}
+    sql.execute("SELECT id, status, outputs FROM job_queue ORDER BY id")
+    rows = sql.fetchall()
+    assert [r[1] for r in rows] == ["succeeded"] * 3 + ["running"]
+    assert rows[0][2] == [{"filename": f"{rows[0][0]}.png"}]
+    sql.execute("SELECT jobs_done FROM workers WHERE id = 'w1'")
+    assert sql.fetchone()[0] == 3
+    sql.execute("SELECT count(*) FROM job_logs WHERE event = 'succeeded'")
+    assert sql.fetchone()[0] == 3
+    assert queue.complete_many("w1", finished[:1]) == set()  # a second finish of the same attempt changes nothing
+    with pytest.raises(ValueError):
+        queue.complete_many("w2", finished[:1])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +99,12 @@ def _storable_text(text: str) -> bool:
 
 def _canonical_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _request_hash(key: str | None, path: str, body: Any) -> str | None:
+    """What a repeat under the same Idempotency-Key must match; only computed when there is a key (hashing
+    the canonical form of a 10k-job body is not free)."""
+    return None if key is None else _canonical_hash({"path": path, "body": body})
 
 
 def _idempotency_key() -> str | None:
@@ -199,7 +208,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     _enforce_quota_unless_replay(caller, key, 1)
     try:
         submission = services().queue.submit([new_job], caller.tenant, idempotency_key=key,
-                                             request_hash=_canonical_hash({"path": "/jobs", "body": body}))
+                                             request_hash=_request_hash(key, "/jobs", body))
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
     row = submission.rows[0]
@@ -209,8 +218,27 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify({"id": row["id"], "status": row["status"]}), status, {"Location": _location(row["id"])}
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Building a batch allocates ~500k containers (10k graphs) and none of them form cycles, yet each
+    allocation burst sets off the cyclic collector, which rescans everything still alive: measured at 25-35%
+    of a 10k-job request. Reference counting frees all of it as usual; the collector resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @bp.post("/jobs/batch")
 def submit_batch() -> tuple[Response, int]:
+    with _collector_paused():
+        return _submit_batch()
+
+
+def _submit_batch() -> tuple[Response, int]:
     caller = require_token()
     enforce_rate(caller)
     settings = _settings()
@@ -243,7 +271,7 @@ def submit_batch() -> tuple[Response, int]:
     _enforce_quota_unless_replay(caller, key, len(jobs))
     try:
         submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
-                                             request_hash=_canonical_hash({"path": "/jobs/batch", "body": body}))
+                                             request_hash=_request_hash(key, "/jobs/batch", body))
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
     if not submission.replayed:

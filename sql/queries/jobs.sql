@@ -36,17 +36,20 @@ WITH input AS (
 )
 SELECT id, status, priority, created_at FROM inserted ORDER BY id;
 
--- name: claim_job
--- Highest priority first, then the longest eligible; SKIP LOCKED lets any number of workers claim at once.
+-- name: claim_jobs
+-- Up to %(limit)s jobs, highest priority first, then the longest eligible; SKIP LOCKED lets any number of
+-- workers claim at once. A ComfyUI worker takes one at a time; consumers of short jobs take several per trip.
 WITH next AS (
     SELECT id, run_at AS eligible_at
     FROM job_queue
     WHERE status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
     ORDER BY priority DESC, run_at, id
-    LIMIT 1
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT array_agg(id) AS ids, array_agg(eligible_at) AS eligible FROM next
 )
-SELECT claimed.* FROM next, comfyq_take_claim(next.id, next.eligible_at, %(worker_id)s, %(lease_seconds)s) claimed;
+SELECT claimed.* FROM picked, comfyq_take_claims(picked.ids, picked.eligible, %(worker_id)s, %(lease_seconds)s) claimed;
 
 -- name: renew_leases
 -- Extends the leases a worker still holds; returns them with their cancel flag so a cancel reaches the worker.
@@ -66,31 +69,35 @@ UPDATE job_queue SET progress = %(progress)s, current_node = %(current_node)s, u
 WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
 RETURNING id;
 
--- name: complete_job
+-- name: complete_jobs
+-- Marks attempts succeeded, one or many in one statement: %(done)s is a JSON array of {id, attempt, outputs}.
 -- Fenced by attempt and worker: a late finish of a rescued attempt matches no row and changes nothing.
-WITH done AS (
-    UPDATE job_queue
-    SET status = 'succeeded', outputs = %(outputs)s::jsonb, error = NULL, progress = 1, current_node = NULL,
+WITH held AS (
+    SELECT * FROM jsonb_to_recordset(%(done)s::jsonb) AS h(id bigint, attempt int, outputs jsonb)
+), done AS (
+    UPDATE job_queue j
+    SET status = 'succeeded', outputs = held.outputs, error = NULL, progress = 1, current_node = NULL,
         lease_expires_at = NULL, finished_at = now(), updated_at = now()
-    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
-    RETURNING id, attempts, worker_id, claimed_at
+    FROM held
+    WHERE j.id = held.id AND j.attempts = held.attempt AND j.status = 'running' AND j.worker_id = %(worker_id)s
+    RETURNING j.id, j.attempts, j.worker_id, j.claimed_at, jsonb_array_length(held.outputs) AS output_count
 ), logged AS (
     INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms, details)
     SELECT id, 'succeeded', 'running', 'succeeded', attempts, worker_id,
            greatest(0, (extract(epoch FROM now() - claimed_at) * 1000)::bigint),
-           jsonb_build_object('outputs', jsonb_array_length(%(outputs)s::jsonb))
+           jsonb_build_object('outputs', output_count)
     FROM done
 ), worker AS (
     UPDATE workers w
-    SET current_job_id = CASE WHEN w.current_job_id = done.id THEN NULL ELSE w.current_job_id END,
-        jobs_done = w.jobs_done + 1
-    FROM done WHERE w.id = done.worker_id
+    SET current_job_id = CASE WHEN w.current_job_id IN (SELECT id FROM done) THEN NULL ELSE w.current_job_id END,
+        jobs_done = w.jobs_done + (SELECT count(*) FROM done)
+    WHERE w.id = %(worker_id)s AND EXISTS (SELECT 1 FROM done)
 )
-SELECT id, 'succeeded' AS status FROM done;
+SELECT id, 'succeeded' AS status FROM done ORDER BY id;
 
 -- name: fail_attempt
 -- A failed attempt goes back to the queue after %(delay_seconds)s when it is retryable and attempts remain,
--- else the job fails for good. Fenced like complete_job.
+-- else the job fails for good. Fenced like complete_jobs.
 WITH prev AS (
     SELECT id FROM job_queue
     WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
@@ -361,7 +368,7 @@ DELETE FROM submissions WHERE created_at < now() - make_interval(secs => %(older
 -- job; Postgres still decides whether it runs.
 
 -- name: claim_job_by_id
--- claim_job for one named job: the same conditional update and bookkeeping, so a message delivered twice, or one
+-- claim_jobs for one named job: the same conditional update and bookkeeping, so a message delivered twice, or one
 -- for a job that was canceled, claimed through another message or not yet due, claims nothing. No SKIP LOCKED:
 -- there is no next row to skip to; a concurrent writer (a cancel, a second delivery) is waited for and the
 -- conditions are checked again on the row it left.
@@ -371,7 +378,8 @@ WITH next AS (
     WHERE id = %(id)s AND status = 'queued' AND run_at <= now() AND (deadline IS NULL OR deadline > now())
     FOR UPDATE
 )
-SELECT claimed.* FROM next, comfyq_take_claim(next.id, next.eligible_at, %(worker_id)s, %(lease_seconds)s) claimed;
+SELECT claimed.* FROM next,
+    comfyq_take_claims(ARRAY[next.id], ARRAY[next.eligible_at], %(worker_id)s, %(lease_seconds)s) claimed;
 
 -- name: job_claim_state
 -- Why a message claimed nothing: a job still queued but not yet due is scheduled again for its run_at.
