@@ -88,7 +88,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
             _title(ax, f"Pickup latency, idle worker (p50 {group[0]['ratio']:.2f}x pgqueuer)", group)
         elif name == "drain":
             f = group[0]
-            _bars(ax, ["comfyq core\n4 workers", "pgqueuer\nbatch 10, 1 worker"], [f["value"], f["baseline"]],
+            _bars(ax, ["comfyq core\nbatch 10, 4 workers", "pgqueuer\nbatch 10, 1 worker"], [f["value"], f["baseline"]],
                   [COMFYQ, BASE], "jobs/s")
             _title(ax, f"Drain, no-op executor ({f['ratio']:.2f}x)", group)
         elif name == "claim_scale":

@@ -262,7 +262,15 @@ class RedisTransport(Transport):
         except DatabaseUnavailable:
             band.push_job_id(message.id, at_front=True)  # not consumed: another worker takes it
             raise
-        self.redis.delete(message.key)  # consumed: another copy of the same id still in a list is skipped by RQ
+        try:
+            self.redis.delete(message.key)  # consumed: another copy of the same id still in a list is skipped by RQ
+        except RedisError as exc:
+            if claimed is None:
+                raise
+            # The claim is committed in Postgres: it must reach the worker, or the job would sit claimed by
+            # nobody until its lease ran out. The message left behind claims nothing if it is delivered again.
+            log.warning("claimed job %s but could not delete its message: %s", job_id, exc,
+                        extra={"action": "redis_down", "job_id": job_id})
         if claimed is not None:
             self._count("redis_claims")
             return claimed

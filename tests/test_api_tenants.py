@@ -3,6 +3,7 @@ cancel and retry, stats, retention, rate limits and quotas, and the operator CLI
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -127,6 +128,26 @@ def test_a_batch_with_one_bad_item_writes_nothing_and_names_it(client: FlaskClie
     assert error["details"]["items"] == [{"index": 37, "code": "invalid_params", "message": "some params are invalid",
                                           "details": {"steps": "0 is smaller than the minimum 1"}}]
     assert count(sql) == 0
+
+
+def test_the_garbage_collector_runs_again_after_every_batch(client: FlaskClient,
+                                                            token: Callable[..., dict[str, str]]) -> None:
+    """A batch pauses the cyclic collector while it builds its jobs; every way out of the request resumes it."""
+    assert gc.isenabled()
+    assert client.post("/jobs/batch", json={"jobs": [JOB, JOB]}, headers=token()).status_code == 202
+    assert gc.isenabled()
+    bad = [JOB, {"workflow": "txt2img", "params": {"prompt": "x", "steps": 0}}]
+    assert client.post("/jobs/batch", json={"jobs": bad}, headers=token()).status_code == 422
+    assert gc.isenabled()
+    broken = client.post("/jobs/batch", data="{", headers={**token(), "Content-Type": "application/json"})
+    assert broken.status_code == 400
+    assert gc.isenabled()
+    gc.disable()  # a host that runs with the collector off keeps it off
+    try:
+        assert client.post("/jobs/batch", json={"jobs": [JOB]}, headers=token()).status_code == 202
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_batch_over_the_limit_is_refused(db_url: str, token: Callable[..., dict[str, str]], sql: Any) -> None:

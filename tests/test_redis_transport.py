@@ -4,6 +4,7 @@ jobs whose message was lost, Redis going away falls back to Postgres, and switch
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
+from comfyq.processes import ManagedProcess
 from comfyq.redis_transport import DELIVER, Bands, RedisTransport
 from comfyq.settings import Settings
 from comfyq.transport import Message, PostgresTransport, build_transport
@@ -177,6 +179,36 @@ def test_redis_down_falls_back_to_postgres(db: Database, db_url: str) -> None:
     finally:
         waiter.close()
     assert queue.claim("w1") is not None
+
+
+def test_redis_dying_right_after_a_claim_does_not_lose_the_claim(db: Database, tmp_path: Any) -> None:
+    """A real redis-server is killed between claim_by_id (committed in Postgres) and the delete of the message:
+    the worker still gets its job, instead of leaving it claimed by nobody until the lease runs out."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    server = ManagedProcess("redis-private", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                              "--appendonly", "no"], log_path=tmp_path / "redis.log")
+    server.start(r"Ready to accept connections", timeout=20)
+    try:
+        transport = RedisTransport(redis.Redis(port=port, socket_connect_timeout=0.5), prefix="dies",
+                                   retry_seconds=30)
+
+        class RedisDiesAfterTheClaim(JobQueue):
+            def claim_by_id(self, job_id: int, worker_id: str) -> Any:
+                claimed = super().claim_by_id(job_id, worker_id)
+                server.kill()
+                return claimed
+
+        queue = RedisDiesAfterTheClaim(db, lease_seconds=30, transport=transport)
+        job_id = queue.enqueue(job())["id"]
+        claimed = queue.claim("w1")
+        assert claimed is not None and claimed.id == job_id and claimed.attempt == 1
+        assert queue.complete(claimed.lease, [])
+        assert queue.claim("w1") is None  # Redis is down now: the Postgres safety net finds nothing more
+    finally:
+        server.stop()
 
 
 def test_jobs_queued_under_postgres_are_claimed_under_redis(redis_backend: Backend, db: Database) -> None:
