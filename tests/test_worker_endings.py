@@ -4,13 +4,19 @@ prefetched jobs, warm shutdown with prefetch, and the GPU busy ratio with prefet
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Any
 
 import pytest
 import requests
+from comfyq_worker.loop import Worker
 
+from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
+from comfyq.settings import Settings
+from comfyq.storage import LocalStorage, StoredObject
+from tests.conftest import SQL_DIR
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 
 pytestmark = pytest.mark.slow
@@ -135,3 +141,43 @@ def test_gpu_busy_ratio_is_reported(stack: Stack, queue: JobQueue, prefetch: int
     assert stats["prompts"] == 50
     ratio = stats["busy_seconds"] / (stats["last_end"] - stats["first_start"])
     record_figure(f"GPU busy ratio, 50 x 200 ms jobs, prefetch {prefetch}", f"{ratio:.4f}")
+
+
+class SlowDisk(LocalStorage):
+    """Local storage on a disk slower than the GPU: every write takes 0.15 s."""
+
+    def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        time.sleep(0.15)
+        return super().put(key, data, content_type)
+
+
+def test_a_finisher_slower_than_comfyui_holds_back_new_claims(stack: Stack, queue: JobQueue, db: Database) -> None:
+    """ComfyUI finishes prompts faster than outputs can be stored: the worker stops claiming while more than
+    `depth` finished attempts wait for the finisher, instead of piling them up (memory, held leases, jobs to
+    run again after a crash). Run in process, against the real stand-in and the real database."""
+    stack.standin("--node-seconds", "0")
+    ids = [row["id"] for row in queue.enqueue_many([NewJob(graph=graph(200 + i)) for i in range(12)])]
+    settings = Settings(database_url=stack.db_url, comfyui_url=stack.comfy_url, storage_dir=stack.storage_dir,
+                        prefetch_depth=1, log_level="WARNING")
+    worker = Worker(settings, Database(stack.db_url, SQL_DIR))
+    worker.finisher.storage = SlowDisk(stack.storage_dir)
+    backlog: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            backlog.append(worker.finisher.pending)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        assert worker.run(burst=True) == 12
+    finally:
+        done.set()
+        sampler.join(5)
+        worker.db.close()
+    assert all(row_of(queue, job_id)["status"] == "succeeded" for job_id in ids)
+    depth = 1 + settings.prefetch_depth
+    assert max(backlog) <= depth + 1  # the one being written plus at most `depth` waiting
+    assert max(backlog) >= 2  # the finisher did fall behind: the test exercised the limit

@@ -67,7 +67,12 @@ class Pipeline:
 
     @property
     def has_room(self) -> bool:
-        return len(self.active) < self.depth
+        """Room for another prompt in ComfyUI, while the finisher keeps up: attempts in ComfyUI plus those
+        waiting to be stored and written stay within `depth` before a claim. Normally the finisher holds at most
+        the previous job and this never binds. With slow storage or a loaded database, claiming more would only
+        grow the finisher's backlog (memory, held leases, jobs to run again after a crash) for no gain in
+        speed: the GPU cannot go faster than its results are recorded."""
+        return len(self.active) < self.depth and len(self.active) + self.finisher.pending <= self.depth
 
     # Filling ----------------------------------------------------------------------------------------
     def fill(self, claim_allowed: Callable[[], bool]) -> int:
