@@ -45,25 +45,31 @@ def execute(db: Database, sql: str) -> None:
             session.execute_file(statement)
 
 
+def drain_rate(db: Database, name: str, jobs: int, kids: Children, *, done_sql: str, span_sql: str) -> float:
+    """Release the started consumers at once, wait until they have drained the queue, check that every job
+    finished, and return jobs / span, the span read from the queue's own timestamps."""
+    try:
+        kids.go.set()
+        if not kids.join(600):
+            raise SystemExit(f"{name} consumers did not drain the queue within 600 s")
+    finally:
+        kids.close()
+    done = scalar(db, done_sql)
+    if done != jobs:
+        raise SystemExit(f"{name} drained {done}/{jobs} jobs")
+    return float(jobs / scalar(db, span_sql))
+
+
 def comfyq_drain(db: Database, url: str, jobs: int, workers: int, batch: int) -> float:
     execute(db, "TRUNCATE job_logs, job_queue RESTART IDENTITY CASCADE; DELETE FROM workers; VACUUM ANALYZE job_queue")
     queue = JobQueue(db)
     for start in range(0, jobs, 5000):
         queue.enqueue_many([NewJob(graph=GRAPH, priority=i % 3) for i in range(start, min(jobs, start + 5000))])
     execute(db, "VACUUM ANALYZE job_queue")
-    kids = Children(comfyq_consumer, lambda n, stop, go, ready: (url, f"drain-{n}", stop, go, ready, batch),
-                    workers, settle=0.3)
-    try:
-        kids.go.set()
-        if not kids.join(600):
-            raise SystemExit("comfyq consumers did not drain the queue within 600 s")
-    finally:
-        kids.close()
-    done = scalar(db, "SELECT count(*) FROM job_queue WHERE status = 'succeeded'")
-    if done != jobs:
-        raise SystemExit(f"comfyq drained {done}/{jobs} jobs")
-    span = scalar(db, "SELECT extract(epoch FROM max(finished_at) - min(claimed_at))::float8 FROM job_queue")
-    return jobs / span
+    return drain_rate(db, "comfyq", jobs, Children(
+        comfyq_consumer, lambda n, stop, go, ready: (url, f"drain-{n}", stop, go, ready, batch), workers, settle=0.3),
+        done_sql="SELECT count(*) FROM job_queue WHERE status = 'succeeded'",
+        span_sql="SELECT extract(epoch FROM max(finished_at) - min(claimed_at))::float8 FROM job_queue")
 
 
 def pgq_drain(db: Database, url: str, jobs: int, workers: int, loop: asyncio.AbstractEventLoop) -> float:
@@ -81,20 +87,11 @@ def pgq_drain(db: Database, url: str, jobs: int, workers: int, loop: asyncio.Abs
 
     loop.run_until_complete(fill())
     execute(db, "VACUUM ANALYZE pgqueuer")
-    kids = Children(pgq_consumer, lambda n, stop, go, ready: (url, BATCH, True, stop, go, ready), workers,
-                    settle=0.3)
-    try:
-        kids.go.set()
-        if not kids.join(600):
-            raise SystemExit("pgqueuer did not drain the queue within 600 s")
-    finally:
-        kids.close()
-    done = scalar(db, "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
-    if done != jobs:
-        raise SystemExit(f"pgqueuer drained {done}/{jobs} jobs")
-    span = scalar(db, "SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful') "
-                      "- min(created) FILTER (WHERE status = 'picked'))::float8 FROM pgqueuer_log")
-    return jobs / span
+    return drain_rate(db, "pgqueuer", jobs, Children(
+        pgq_consumer, lambda n, stop, go, ready: (url, BATCH, True, stop, go, ready), workers, settle=0.3),
+        done_sql="SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'",
+        span_sql="SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful') "
+                 "- min(created) FILTER (WHERE status = 'picked'))::float8 FROM pgqueuer_log")
 
 
 def run(work: Path, quick: bool) -> list[Figure]:

@@ -186,19 +186,29 @@ def timings(db: Database, sql: str) -> list[float]:
         return [float(r[0]) for r in cur.fetchall()]
 
 
-def pickup(backend: str, db: Database, db_url: str, redis_url: str, jobs: int, workers: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def consumers_and_producer(backend: str, db: Database, db_url: str, redis_url: str,
+                           workers: int) -> Iterator[tuple[JobQueue, dict[str, Any]]]:
+    """An emptied queue, `workers` idle consumers and a producer on one transport, under a fresh message prefix.
+    The consumers' totals (statements sent, ...) fill the yielded dict once they have stopped."""
     reset(db, redis_url)
     prefix = f"b{uuid.uuid4().hex[:6]}"
     consumers = Consumers(backend, db_url, redis_url, prefix, workers)
     producer = JobQueue(db, transport=make_transport(backend, redis_url, prefix))
+    totals: dict[str, Any] = {}
     try:
+        yield producer, totals
+    finally:
+        totals.update(consumers.close())
+        producer.transport.close()
+
+
+def pickup(backend: str, db: Database, db_url: str, redis_url: str, jobs: int, workers: int) -> dict[str, Any]:
+    with consumers_and_producer(backend, db, db_url, redis_url, workers) as (producer, totals):
         for _ in range(jobs):
             producer.enqueue(NewJob(graph=GRAPH))
             time.sleep(0.05)
         wait_done(db, jobs, 60)
-    finally:
-        totals = consumers.close()
-        producer.transport.close()
     ms = sorted(1000 * v for v in timings(db, "SELECT extract(epoch FROM claimed_at - created_at) FROM job_queue"))
     return {"test": "pickup latency", "backend": backend, "jobs": jobs, "workers": workers,
             "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
@@ -206,18 +216,11 @@ def pickup(backend: str, db: Database, db_url: str, redis_url: str, jobs: int, w
 
 
 def drain(backend: str, db: Database, db_url: str, redis_url: str, jobs: int, workers: int) -> dict[str, Any]:
-    reset(db, redis_url)
-    prefix = f"b{uuid.uuid4().hex[:6]}"
-    consumers = Consumers(backend, db_url, redis_url, prefix, workers)
-    producer = JobQueue(db, transport=make_transport(backend, redis_url, prefix))
-    try:
+    with consumers_and_producer(backend, db, db_url, redis_url, workers) as (producer, totals):
         started = time.monotonic()
         producer.enqueue_many([NewJob(graph=GRAPH, priority=i % 3) for i in range(jobs)])
         submitted = time.monotonic() - started
         wait_done(db, jobs, 600)
-    finally:
-        totals = consumers.close()
-        producer.transport.close()
     [span] = timings(db, "SELECT extract(epoch FROM max(finished_at) - min(created_at)) FROM job_queue")
     [claims] = timings(db, "SELECT count(*) FROM job_logs WHERE event = 'claimed'")
     assert claims == jobs, f"{claims} claims for {jobs} jobs"
