@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     comfyui_connect_timeout: float = Field(default=5.0, gt=0)
     comfyui_request_timeout: float = Field(default=30.0, gt=0)
     progress_min_interval_seconds: float = Field(default=0.5, ge=0)
+    # A prompt with no event for this long is looked up in /history and /queue, whatever the socket says.
+    history_poll_seconds: float = Field(default=2.0, gt=0)
+
+    # Outages of what the worker depends on (docs/operations.md, "Outages"). An outage spends no attempt: the
+    # worker stops claiming, probes again with jittered backoff between these bounds, and resumes by itself.
+    dependency_timeout_seconds: float = Field(default=5.0, gt=0)  # longest wait for one answer of ComfyUI or Redis
+    db_io_timeout_seconds: float | None = Field(default=10.0, gt=0)  # a database silent this long is down (hung)
+    outage_backoff_min_seconds: float = Field(default=1.0, gt=0)
+    outage_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    outage_budget_seconds: float = Field(default=600.0, gt=0)  # then in-flight jobs go back to the queue
 
     # Storage: "local" writes under storage_dir; "s3" writes to an S3 API (MinIO, AWS, ...).
     storage_backend: str = "local"
