@@ -24,11 +24,13 @@ def _env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_standin(log_dir: Path, output_dir: Path, *, port: int = 0, args: tuple[str, ...] = (),
-                  name: str = "comfyui-standin") -> tuple[ManagedProcess, str]:
+                  name: str = "comfyui-standin", timeout: float = 30.0) -> tuple[ManagedProcess, str]:
+    """Start the stand-in and wait for its announcement. With `--startup-delay` in args it listens only
+    after that delay, so give a `timeout` longer than the delay's upper end."""
     proc = ManagedProcess(name, [sys.executable, "-m", "comfyq_standin", "--host", "127.0.0.1", "--port", str(port),
                                  "--output-dir", str(output_dir), "--input-dir", str(output_dir.parent / "input"),
                                  *args], env=_env({}), log_path=log_dir / f"{name}.log")
-    match = proc.start(STANDIN_READY, timeout=30)
+    match = proc.start(STANDIN_READY, timeout=timeout)
     assert match is not None
     return proc, match.group(1)
 

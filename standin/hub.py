@@ -1,5 +1,6 @@
 """WebSocket fan-out: one ordered outgoing queue per connected client id, so the executor never blocks
-on a slow socket and every client sees events in the order they were produced."""
+on a slow socket and every client sees events in the order they were produced. While `is_silent()` holds,
+messages are dropped (not kept for later), so tests can model a socket that stays open but goes quiet."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import json
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +46,9 @@ class Client:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, is_silent: Callable[[], bool] = lambda: False) -> None:
         self.clients: dict[str, Client] = {}
+        self.is_silent = is_silent
 
     def register(self, sid: str, ws: web.WebSocketResponse, request: web.BaseRequest) -> Client:
         """Add a socket; a newer socket with the same client id takes over its events."""
@@ -70,6 +73,8 @@ class Hub:
 
     def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """A JSON message to client `sid`, or to every client when sid is None."""
+        if self.is_silent():
+            return
         text = json.dumps({"type": event, "data": data})
         for client in self._targets(sid):
             client.queue.put_nowait(text)
@@ -77,6 +82,8 @@ class Hub:
     def send_preview(self, image: bytes, metadata: dict[str, Any], sid: str | None, with_metadata: bool) -> None:
         """A binary preview frame to the clients of `sid` whose feature flag matches `with_metadata`:
         event 4 (with JSON metadata) for clients that announced supports_preview_metadata, else event 1."""
+        if self.is_silent():
+            return
         for client in self._targets(sid):
             if client.supports_preview_metadata != with_metadata:
                 continue
@@ -114,6 +121,8 @@ class Hub:
                 if transport is not None:
                     transport.abort()
                 return
+            if self.is_silent():  # queued before the switch: dropped as well, the socket must go quiet now
+                continue
             try:
                 if isinstance(item, bytes):
                     await client.ws.send_bytes(item)

@@ -1,5 +1,6 @@
-"""Entry point of the ComfyUI stand-in: parses the CLI, builds the aiohttp app, binds (port 0 = any free
-port), announces the real URL on stdout and exits cleanly with status 0 on SIGTERM/SIGINT."""
+"""Entry point of the ComfyUI stand-in: parses the CLI, waits the start-up delay (the port refuses
+connections meanwhile, as a real ComfyUI loading its nodes does), builds the aiohttp app, binds (port 0 = any
+free port), announces the real URL on stdout and exits cleanly with status 0 on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +24,19 @@ from comfyq_standin.routes import add_routes
 from comfyq_standin.services import MAX_UPLOAD_SIZE, SERVICES, Services
 
 logger = logging.getLogger(__name__)
+
+
+def startup_delay(text: str) -> tuple[float, float]:
+    """`SECONDS` or `MIN-MAX` -> (min, max); argparse type for --startup-delay."""
+    low_text, dash, high_text = text.strip().partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if dash else low
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS or MIN-MAX, got {text!r}") from None
+    if not 0 <= low <= high or high == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX (finite), got {text!r}")
+    return low, high
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,6 +62,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fail", choices=FAIL_MODES, default="none", help="failure to inject")
     parser.add_argument("--grain", action="store_true",
                         help="add seeded noise to saved images so they are as large as real renders")
+    parser.add_argument(
+        "--startup-delay", type=startup_delay, default=(0.0, 0.0), metavar="SECONDS|MIN-MAX",
+        help="wait this long (a range: drawn uniformly) before binding the port, which refuses connections "
+        "meanwhile, like ComfyUI loading its nodes (6-13 s after a kill -9)",
+    )
+    parser.add_argument("--ws-silent", action="store_true",
+                        help="keep WebSockets open but send them nothing (events are dropped); HTTP works "
+                        "as usual. Also the control key ws_silent")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.node_seconds < 0 or args.sampler_step_seconds < 0:
@@ -93,28 +116,44 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = _bind(host, port)
-    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
-    await site.start()
-    actual_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    print(f"comfyui-standin listening on http://{shown_host}:{actual_port}", flush=True)
-    logger.info("output dir %s, input dir %s", config.output_dir, config.input_dir)
-
+async def serve(config: Config, host: str, port: int, delay: float = 0.0) -> None:
+    """Serve until SIGTERM/SIGINT. The signals are handled from the start, so a stand-in still in its
+    start-up delay stops at once (without binding or announcing)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
-        logger.info("shutting down")
+        if delay > 0:
+            logger.info("start-up delay: the port opens in %.2f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                logger.info("stopped during the start-up delay")
+                return
+        await _serve_until(config, host, port, stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+async def _serve_until(config: Config, host: str, port: int, stop: asyncio.Event) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = _bind(host, port)
+        site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+        await site.start()
+        actual_port = sock.getsockname()[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        print(f"comfyui-standin listening on http://{shown_host}:{actual_port}", flush=True)
+        logger.info("output dir %s, input dir %s", config.output_dir, config.input_dir)
+        if config.ws_silent:
+            logger.info("websockets are silent (--ws-silent)")
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
         await runner.cleanup()
 
 
@@ -145,10 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints=[name.strip() for name in args.checkpoints.split(",") if name.strip()],
         fail=args.fail,
         grain=args.grain,
+        ws_silent=args.ws_silent,
     )
+    delay = random.uniform(*args.startup_delay)
     write_example_png(config.input_dir / "example.png")
     try:
-        asyncio.run(serve(config, args.host, args.port))
+        asyncio.run(serve(config, args.host, args.port, delay))
     finally:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)

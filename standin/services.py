@@ -27,7 +27,7 @@ class Services:
 
     @classmethod
     def create(cls, config: Config) -> Services:
-        hub = Hub()
+        hub = Hub(is_silent=lambda: config.ws_silent)
         state = PromptState()
         services = cls(config, state, hub, Executor(config, state, hub))
         state.set_on_change(services.broadcast_status)

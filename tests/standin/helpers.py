@@ -4,6 +4,7 @@ comparison, a WebSocket collector that reads until the done signal, and HTTP sho
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import time
 from pathlib import Path
@@ -215,3 +216,19 @@ def wait_running(url: str, prompt_id: str, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise TimeoutError(f"prompt {prompt_id} did not start within {timeout}s")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now, for a server that must not bind at once (startup delay)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def connection_refused(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when nothing listens on host:port (the connect is refused), False when it connects."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True

@@ -154,7 +154,7 @@ def test_pixels_follow_emptyimage_color_and_invert(standin: StandinProcess) -> N
 def test_control_route_and_injected_failures(standin: StandinProcess) -> None:
     url = standin.url
     assert requests.get(f"{url}/standin/control", timeout=10).json() == {
-        "fail": "none", "node_seconds": 0.01, "sampler_step_seconds": 0.002,
+        "fail": "none", "node_seconds": 0.01, "sampler_step_seconds": 0.002, "ws_silent": False,
     }  # fmt: skip
     assert requests.post(f"{url}/standin/control", json={"fail": "bogus"}, timeout=10).status_code == 400
     assert requests.post(f"{url}/standin/control", json={"node_seconds": -1}, timeout=10).status_code == 400

@@ -38,12 +38,20 @@ def _flag_args(options: dict[str, Any]) -> list[str]:
     return args
 
 
+def _longest_startup_delay(value: Any) -> float:
+    """The upper end of a `startup_delay` option (`7`, `"6-13"`), which the announcement may take on top."""
+    if value is None:
+        return 0.0
+    return float(str(value).rpartition("-")[2] or 0)
+
+
 class StandinProcess:
     """`with StandinProcess(tmp_path, node_seconds=0.01) as standin: requests.get(standin.url + ...)`.
 
     tmp_path: directory for this process's `output/` and `input/` dirs (unless `output_dir=` /
     `input_dir=` are given) and its stderr log. port: 0 = any free port; give the old port to restart
-    "the same server". Every other keyword maps to a CLI flag (`fail="drop"` -> `--fail drop`).
+    "the same server". Every other keyword maps to a CLI flag (`fail="drop"` -> `--fail drop`,
+    `startup_delay="6-13"`, `ws_silent=True`); the longest startup delay is added to `startup_timeout`.
     """
 
     _log_counter = 0
@@ -58,6 +66,7 @@ class StandinProcess:
         self.input_dir = Path(options.pop("input_dir", self.tmp_path / "input"))
         self.host: str = options.pop("host", "127.0.0.1")
         self.options = options
+        self.startup_timeout += _longest_startup_delay(options.get("startup_delay"))
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.ws_url = ""
