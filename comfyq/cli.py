@@ -154,7 +154,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     finally:
         db.close()
     emit(args, rows, render_table(rows, ["id", "status", "host", "comfyui_url", "current_job_id", "jobs_done",
-                                         "heartbeat_age_s"]) if rows else "no workers")
+                                         "dependencies_down", "heartbeat_age_s"]) if rows else "no workers")
     return 0
 
 

@@ -13,12 +13,26 @@ class ConfigurationError(ComfyqError):
     """A setting or a file the project ships is wrong; fix it and restart."""
 
 
+class DependencyUnavailable(ComfyqError):
+    """Something comfyq depends on (ComfyUI, Postgres, storage, Redis) is down, restarting or hung. An outage,
+    never the job's fault: the worker stops claiming and waits for it, and no attempt is spent."""
+
+    dependency = "dependency"
+
+
 class DatabaseError(ComfyqError):
     """Any database failure that is not one of the more specific ones below."""
 
 
-class DatabaseUnavailable(DatabaseError):
+class DatabaseUnavailable(DatabaseError, DependencyUnavailable):
     """The database cannot be reached; callers answer 503 or retry later."""
+
+    dependency = "database"
+
+
+class OutcomeUnknown(DatabaseUnavailable):
+    """The connection was lost after a write was sent: it may or may not have committed. A client retries with
+    the same Idempotency-Key; the worker's writes are fenced, so sending them again is safe."""
 
 
 class ConstraintViolation(DatabaseError):
@@ -62,14 +76,23 @@ class TransientFailure(JobFailure):
     error_type = "transient"
 
 
-class ComfyUnavailable(TransientFailure):
-    """ComfyUI did not answer or dropped the connection."""
+class ComfyUnavailable(DependencyUnavailable):
+    """ComfyUI did not answer, answered 5xx, or dropped the connection: an outage, not the job's failure."""
 
+    dependency = "comfyui"
     error_type = "comfyui_unavailable"
 
 
+class StorageUnavailable(DependencyUnavailable):
+    """The output storage refused or failed a write for reasons of its own (down, read-only, full): the
+    outputs wait in ComfyUI and storing is tried again; the job is not failed."""
+
+    dependency = "storage"
+
+
 class PromptLost(TransientFailure):
-    """ComfyUI forgot the prompt (restart): neither queued nor in history."""
+    """ComfyUI forgot the prompt (restart): neither queued nor in history. The worker submits it again
+    without spending an attempt; this failure is only recorded when that is impossible."""
 
     error_type = "prompt_lost"
 

@@ -252,6 +252,15 @@ class JobQueue:
             self.republish([lease.job_id])
         return released
 
+    def log_outage(self, lease: Lease, event: str, message: str, details: dict[str, Any]) -> bool:
+        """Record an outage or a resubmission against the attempt (no state change, no attempt spent)."""
+        return self.db.fetch_one("log_outage", {**lease.fence(), "event": event, "message": message,
+                                                "details": jsonio.dumps(details)}) is not None
+
+    def attempt_state(self, job_id: int) -> Row | None:
+        """Status, attempt and owner of a job: after a write whose outcome was unknown, whether it committed."""
+        return self.db.fetch_one("attempt_state", {"id": job_id})
+
     def finish_canceled(self, lease: Lease) -> bool:
         return self.db.fetch_one("finish_canceled_job", lease.fence()) is not None
 

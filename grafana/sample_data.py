@@ -106,7 +106,7 @@ class Simulation:
     def step_worker(self, worker: SimWorker) -> None:
         if worker.dead or worker.stopped:
             return
-        self.db.execute("worker_heartbeat", {"id": worker.id, "status": "running"})
+        self.db.execute("worker_heartbeat", {"id": worker.id, "status": "running", "dependencies_down": []})
         if worker.job is not None and worker.ends_at <= self.now:
             self.finish(worker)
         if worker.job is None:

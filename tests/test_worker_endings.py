@@ -38,7 +38,7 @@ def graph(color: int) -> dict[str, Any]:
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
 
 
-def test_comfyui_restart_mid_job_resubmits_and_stores_once(stack: Stack, queue: JobQueue) -> None:
+def test_comfyui_restart_mid_job_resubmits_without_spending_an_attempt(stack: Stack, queue: JobQueue) -> None:
     proc, url = stack.standin("--node-seconds", "1.5")
     port = int(url.rsplit(":", 1)[1])
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, max_attempts=3))["id"]
@@ -51,11 +51,12 @@ def test_comfyui_restart_mid_job_resubmits_and_stores_once(stack: Stack, queue: 
     stack.standin("--node-seconds", "0.1", port=port, name="comfyui-standin-2")
     wait_until(lambda: row_of(queue, job_id)["status"] == "succeeded", 60, "the resubmitted job to succeed")
     row = row_of(queue, job_id)
-    assert row["attempts"] == 2 and row["prompt_id"] != first_prompt
-    retry = next(r for r in queue.logs(job_id) if r["event"] == "retry_scheduled")
-    assert retry["details"]["error_type"] == "prompt_lost"
+    assert row["attempts"] == 1 and row["prompt_id"] != first_prompt  # the outage spent no attempt
+    assert events(queue, job_id) == ["queued", "claimed", "resubmitted", "succeeded"]
+    resubmitted = next(r for r in queue.logs(job_id) if r["event"] == "resubmitted")
+    assert resubmitted["details"] == {"dependency": "comfyui", "lost_prompt_id": first_prompt}
     stored = sorted(p.relative_to(stack.storage_dir).as_posix() for p in stack.storage_dir.rglob("*.png"))
-    assert stored == [o["key"] for o in row["outputs"]] and stored[0].startswith(f"{job_id}/2/")
+    assert stored == [o["key"] for o in row["outputs"]] and stored[0].split("/")[1:3] == [str(job_id), "1"]
 
 
 def test_partial_acceptance_fails_the_job_permanently(stack: Stack, queue: JobQueue) -> None:

@@ -1,30 +1,59 @@
-"""One attempt of one job inside ComfyUI: its prompt id, what the WebSocket said about it, the flags other
-threads raise (cancel, lease lost, shutdown) and how it ended."""
+"""One attempt of one job, as an explicit state machine owned by the worker's main thread:
+
+    WAITING --hand_over--> QUEUED --started--> RUNNING --end--> ENDED
+       ^                      |                   |
+       +------- lost ---------+-------------------+        (ComfyUI forgot the prompt: submit it again)
+
+WAITING: claimed, not (or no longer) in ComfyUI; handed over when ComfyUI and the database are up. QUEUED: in
+ComfyUI's queue; the timeout runs from here. RUNNING: ComfyUI executes it. ENDED: the outcome is known and the
+finisher records it. Every state keeps the time of the last evidence of life, so a prompt that has gone quiet
+is looked up in /history and /queue whatever the WebSocket does. Other threads only raise the two flags."""
 
 from __future__ import annotations
 
 import copy
-import logging
+import enum
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyq.errors import ComfyqError, JobFailure
-from comfyq.jobs import ClaimedJob, JobQueue, Lease
-
-log = logging.getLogger(__name__)
+from comfyq.errors import JobFailure
+from comfyq.jobs import ClaimedJob, Lease
 
 SAVE_NODE_TYPES = frozenset({"SaveImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveVideo", "SaveAudio"})
 
-# How an attempt ended, as the finisher needs to know it.
-SUCCESS = "success"            # execution_success: fetch and store outputs
-ERROR = "error"                # execution_error: classify (OOM is transient)
-INTERRUPTED = "interrupted"    # execution_interrupted: why depends on stop_reason
-FAILED = "failed"              # a JobFailure before or instead of a run (rejected, lost, ComfyUI down)
-UNSTARTED = "unstarted"        # taken back out of ComfyUI's queue before it ran (cancel, shutdown)
-ABANDONED = "abandoned"        # the lease was lost: nothing more may be written
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+class Outcome(enum.Enum):
+    """How an attempt ended, as the finisher needs to know it."""
+
+    SUCCESS = "success"          # ComfyUI ran it to the end: fetch and store the outputs
+    ERROR = "error"              # execution_error: classify (out-of-memory is transient)
+    INTERRUPTED = "interrupted"  # execution_interrupted: what it means depends on stop_reason
+    FAILED = "failed"            # the job's own failure before or instead of a run (rejected graph, bad input)
+    UNSTARTED = "unstarted"      # taken back before it ran (cancel, shutdown)
+    RELEASED = "released"        # handed back to the queue without spending the attempt (outage budget, shutdown)
+    ABANDONED = "abandoned"      # the lease was lost: nothing more may be written
+
+
+ALLOWED = {
+    State.WAITING: {State.QUEUED, State.ENDED},
+    State.QUEUED: {State.RUNNING, State.WAITING, State.ENDED},
+    State.RUNNING: {State.WAITING, State.ENDED},
+    State.ENDED: set(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: the pipeline asked for a transition the state machine does not have."""
 
 
 def prepare_graph(graph: dict[str, Any], job_id: int, attempt: int) -> dict[str, Any]:
@@ -40,85 +69,148 @@ def prepare_graph(graph: dict[str, Any], job_id: int, attempt: int) -> dict[str,
 @dataclass(eq=False)
 class Attempt:
     job: ClaimedJob
-    prompt_id: str
     timeout: float
-    progress: ProgressReporter | None = None
+    clock: Callable[[], float] = time.monotonic
+    state: State = State.WAITING
+    prompt_id: str | None = None
+    graph: dict[str, Any] | None = None       # prepared once, submitted again unchanged after a lost prompt
+    progress: ProgressTracker | None = None
+    outcome: Outcome | None = None
+    stop_reason: str | None = None            # cancel | timeout | shutdown | lease_lost | outage
+    failure: JobFailure | None = None
+    error_event: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None     # the /history entry, when polling found the end
+    release_reason: str = ""
+    resubmissions: int = 0
+    server_errors: int = 0                    # 5xx answers to POST /prompt while ComfyUI otherwise answered
+    stored: list[dict[str, Any]] = field(default_factory=list)  # outputs already in storage (finisher)
+    waited_for: dict[str, float] = field(default_factory=dict)  # finisher: outage seconds per dependency
+    interrupt_sent_at: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
-    submitted_at: float = field(default_factory=time.monotonic)
+    claimed_at: float = 0.0
+    handed_at: float | None = None            # POST /prompt accepted: the timeout runs from here
     started_at: float | None = None
     ended_at: float | None = None
-    blind: bool = False             # the socket dropped while it was in flight: poll history for its end
-    interrupt_sent: bool = False
-    stop_reason: str | None = None  # cancel | timeout | shutdown | lease_lost
-    outcome: str | None = None
-    error_event: dict[str, Any] | None = None
-    interrupted_event: bool = False
-    failure: JobFailure | None = None
-    on_done: Callable[[], None] = lambda: None  # wakes the pipeline
-    _done: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    last_evidence_at: float = 0.0
+    last_poll_at: float = 0.0
+    transitions: list[tuple[State, float]] = field(default_factory=list)
+    _interrupted_event: bool = False
+
+    def __post_init__(self) -> None:
+        now = self.clock()
+        self.claimed_at = self.last_evidence_at = now
+        self.transitions.append((self.state, now))
 
     @property
     def lease(self) -> Lease:
         return self.job.lease
 
     @property
-    def done(self) -> bool:
-        return self._done.is_set()
+    def ended(self) -> bool:
+        return self.state is State.ENDED
 
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
-        """Called by the event reader for every event that names our prompt id."""
-        if kind == "execution_start" and self.started_at is None:
-            self.started_at = time.monotonic()
-        elif kind == "execution_error":
-            self.error_event = data
-        elif kind == "executing" and data.get("node") is None:
-            if self.error_event is not None:
-                self.finish(ERROR)
-            elif self.interrupted_event:
-                self.finish(INTERRUPTED)
-            else:
-                self.finish(SUCCESS)
-            return
-        if kind == "execution_interrupted":
-            self.interrupted_event = True
-        if self.progress is not None:
-            self.progress.on_event(kind, data)
+    @property
+    def in_comfyui(self) -> bool:
+        return self.state in (State.QUEUED, State.RUNNING)
 
-    def finish(self, outcome: str, *, failure: JobFailure | None = None,
-               error_event: dict[str, Any] | None = None) -> bool:
-        """Record the ending once; later endings (a late event after polling found it) are ignored."""
-        with self._lock:
-            if self._done.is_set():
-                return False
-            self.outcome = outcome
-            self.ended_at = time.monotonic()
-            self.failure = failure
-            if error_event is not None:
-                self.error_event = error_event
-            self._done.set()
-        self.on_done()
+    def _move(self, to: State) -> None:
+        if to not in ALLOWED[self.state]:
+            raise InvalidTransition(f"job {self.job.id}: {self.state.value} -> {to.value}")
+        now = self.clock()
+        self.state = to
+        self.last_evidence_at = now
+        self.transitions.append((to, now))
+
+    # Transitions ------------------------------------------------------------------------------------
+    def handed_over(self, prompt_id: str) -> None:
+        """POST /prompt accepted `prompt_id`."""
+        self._move(State.QUEUED)
+        self.prompt_id = prompt_id
+        self.handed_at = self.clock()
+        self.started_at = None
+
+    def started(self) -> None:
+        if self.state is State.QUEUED:
+            self._move(State.RUNNING)
+            self.started_at = self.clock()
+        else:
+            self.evidence()
+
+    def lost(self) -> None:
+        """ComfyUI has neither queued nor finished the prompt (it restarted): wait to submit it again."""
+        self._move(State.WAITING)
+        self.resubmissions += 1
+        self.handed_at = self.started_at = self.interrupt_sent_at = None
+        self.error_event = None
+        self._interrupted_event = False
+
+    def end(self, outcome: Outcome, *, failure: JobFailure | None = None,
+            error_event: dict[str, Any] | None = None, history: dict[str, Any] | None = None) -> bool:
+        """Record the ending once; a second ending (a late event after polling found it) is ignored."""
+        if self.state is State.ENDED:
+            return False
+        self._move(State.ENDED)
+        self.outcome = outcome
+        self.ended_at = self.clock()
+        self.failure = failure
+        if error_event is not None:
+            self.error_event = error_event
+        if history is not None:
+            self.history = history
         return True
 
-    def running_for(self) -> float:
-        return time.monotonic() - (self.started_at or self.submitted_at)
+    def evidence(self) -> None:
+        """Something showed the prompt alive (an event, or /queue listing it)."""
+        self.last_evidence_at = self.clock()
+
+    # Events -----------------------------------------------------------------------------------------
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        """An event that names our prompt id; `executing {node: null}` is ComfyUI's done signal."""
+        if self.state is State.ENDED or self.state is State.WAITING:
+            return  # a late event of an ended attempt, or of a prompt ComfyUI lost
+        if kind == "execution_start" or (kind == "executing" and data.get("node") is not None):
+            self.started()
+            return
+        self.evidence()
+        if kind == "execution_error":
+            self.error_event = data
+        elif kind == "execution_interrupted":
+            self._interrupted_event = True
+        elif kind == "executing" and data.get("node") is None:
+            if self.error_event is not None:
+                self.end(Outcome.ERROR)
+            elif self._interrupted_event:
+                self.end(Outcome.INTERRUPTED)
+            else:
+                self.end(Outcome.SUCCESS)
+
+    # Clocks -----------------------------------------------------------------------------------------
+    def quiet_for(self) -> float:
+        return self.clock() - max(self.last_evidence_at, self.last_poll_at)
+
+    def overdue(self) -> bool:
+        """Past its timeout, counted from the hand-over to ComfyUI (queued time included)."""
+        return self.handed_at is not None and self.clock() - self.handed_at > self.timeout
+
+    def execution_seconds(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
 
 
-class ProgressReporter:
-    """Turns the chatty event stream into at most a few progress writes per second."""
+class ProgressTracker:
+    """Turns the chatty event stream into a fraction and the current node (written at a bounded rate by the
+    ProgressWriter, never from here)."""
 
-    def __init__(self, queue: JobQueue, lease: Lease, node_count: int, min_interval: float) -> None:
-        self.queue = queue
-        self.lease = lease
+    def __init__(self, node_count: int) -> None:
         self.node_count = max(1, node_count)
-        self.min_interval = min_interval
         self.done_nodes: set[str] = set()
         self.current_node: str | None = None
         self.step_fraction = 0.0
-        self._last_write = 0.0
 
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+    def on_event(self, kind: str, data: dict[str, Any]) -> bool:
+        """Returns True when the progress changed."""
         if kind == "execution_cached":
             self.done_nodes.update(str(n) for n in data.get("nodes", []))
         elif kind == "executing" and data.get("node") is not None:
@@ -129,13 +221,9 @@ class ProgressReporter:
         elif kind == "progress" and data.get("max"):
             self.step_fraction = min(1.0, (float(data.get("value", 0)) + 1) / float(data["max"]))
         else:
-            return
-        now = time.monotonic()
-        if now - self._last_write < self.min_interval:
-            return
-        self._last_write = now
-        fraction = (len(self.done_nodes) + self.step_fraction) / self.node_count
-        try:
-            self.queue.update_progress(self.lease, min(0.99, fraction), self.current_node)
-        except ComfyqError as exc:  # progress is best effort; the attempt goes on
-            log.warning("progress write for job %s failed: %s", self.lease.job_id, exc)
+            return False
+        return True
+
+    @property
+    def fraction(self) -> float:
+        return min(0.99, (len(self.done_nodes) + self.step_fraction) / self.node_count)

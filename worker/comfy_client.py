@@ -1,24 +1,20 @@
-"""ComfyUI over HTTP + WebSocket, as observed in PROTOCOL.md: client-chosen prompt ids, per-client events,
-`executing {node: null}` as the done signal, /history and /view for results. Maps every failure to the
-project's retryable or permanent errors."""
+"""ComfyUI over HTTP, as observed in PROTOCOL.md: client-chosen prompt ids, /history and /queue for where a
+prompt stands, /view for results. Maps every failure to the project's errors: ComfyUnavailable (an outage,
+never the job's fault) or a JobFailure (the graph was rejected or failed). The WebSocket is comfy_socket.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
-import websocket
 
 from comfyq.errors import (
     ComfyUnavailable,
     ExecutionFailed,
-    PromptLost,
     PromptRejected,
     TransientFailure,
 )
@@ -35,14 +31,22 @@ class OutOfMemory(TransientFailure):
     error_type = "out_of_memory"
 
 
+class ComfyServerError(ComfyUnavailable):
+    """ComfyUI answered 5xx: usually an outage (starting up, overloaded), but a graph that makes POST /prompt
+    answer 500 every time is the job's fault; the pipeline tells the two apart by counting."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class RunResult:
-    """How one prompt ended, from the terminal WebSocket event (or history when the socket dropped)."""
+    """How one prompt ended, read from its /history entry."""
 
     prompt_id: str
     outcome: str  # success | error | interrupted
     error: dict[str, Any] | None = None
-    cached_nodes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ class ComfyClient:
             raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}: "
                                    f"{exc.__class__.__name__}") from exc
         if response.status_code >= 500:
-            raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to {method} {path}: "
-                                   f"{response.text[:300]}")
+            raise ComfyServerError(f"ComfyUI answered {response.status_code} to {method} {path}: "
+                                   f"{response.text[:300]}", response.status_code)
         return response
 
     def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
@@ -139,10 +143,6 @@ class ComfyClient:
             return {str(item[1]) for item in payload.get(key, []) if isinstance(item, list) and len(item) > 1}
 
         return ids("queue_running"), ids("queue_pending")
-
-    def queued_prompt_ids(self) -> set[str]:
-        running, pending = self.queue_state()
-        return running | pending
 
     def view(self, output: OutputFile) -> tuple[bytes, str]:
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.kind}
@@ -204,73 +204,6 @@ class ComfyClient:
         if not isinstance(result, dict):
             raise ComfyUnavailable("ComfyUI answered /object_info with JSON that is not an object")
         return result
-
-    # WebSocket --------------------------------------------------------------------------------------
-    def open_socket(self) -> websocket.WebSocket:
-        """Connect before POSTing: per-prompt events go only to the socket of our client id."""
-        scheme = "wss" if self.base_url.startswith("https") else "ws"
-        url = f"{scheme}{self.base_url[self.base_url.index(':'):]}/ws?clientId={urllib.parse.quote(self.client_id)}"
-        try:
-            return websocket.create_connection(url, timeout=self.connect_timeout)
-        except (OSError, websocket.WebSocketException) as exc:
-            raise ComfyUnavailable(f"ComfyUI WebSocket at {url} refused: {exc.__class__.__name__}") from exc
-
-    def wait(self, sock: websocket.WebSocket, prompt_id: str, *, deadline: float,
-             on_event: Callable[[str, dict[str, Any]], None], should_stop: Callable[[], bool],
-             tick: float = 0.25) -> RunResult:
-        """Read events for prompt_id until the done signal. Returns early (outcome 'stopped') when
-        should_stop() says so or the deadline passes; falls back to polling when the socket drops."""
-        result = RunResult(prompt_id=prompt_id, outcome="success")
-        sock.settimeout(tick)
-        while True:
-            if should_stop() or time.monotonic() >= deadline:
-                result.outcome = "stopped"
-                return result
-            try:
-                frame = sock.recv()
-            except websocket.WebSocketTimeoutException:
-                continue
-            except (OSError, websocket.WebSocketException):
-                log.warning("WebSocket dropped while prompt %s ran; polling history", prompt_id,
-                            extra={"action": "ws_drop"})
-                return self.poll_until_done(prompt_id, deadline=deadline, should_stop=should_stop)
-            if not isinstance(frame, str):
-                continue  # binary previews
-            try:
-                message = json.loads(frame)
-            except ValueError:
-                continue
-            kind = message.get("type")
-            data = message.get("data") or {}
-            if data.get("prompt_id") != prompt_id:
-                continue
-            if kind == "execution_error":
-                result.outcome = "error"
-                result.error = data
-            elif kind == "execution_interrupted":
-                result.outcome = "interrupted"
-            elif kind == "execution_cached":
-                result.cached_nodes = [str(n) for n in data.get("nodes", [])]
-            elif kind == "executing" and data.get("node") is None:
-                return result
-            on_event(kind, data)
-
-    def poll_until_done(self, prompt_id: str, *, deadline: float, should_stop: Callable[[], bool],
-                        interval: float = 0.25) -> RunResult:
-        """The fallback when the socket is gone: history says how it ended; a prompt in neither history nor
-        queue was lost (ComfyUI restarted)."""
-        while time.monotonic() < deadline and not should_stop():
-            entry = self.history(prompt_id)
-            if entry is not None:
-                return result_from_history(prompt_id, entry)
-            if prompt_id not in self.queued_prompt_ids():
-                # It may have finished between the two calls; look once more before declaring it lost.
-                entry = self.history(prompt_id)
-                if entry is not None:
-                    return result_from_history(prompt_id, entry)
-                raise PromptLost(f"prompt {prompt_id} is neither queued nor in history (ComfyUI restarted?)")
-            time.sleep(interval)
-        return RunResult(prompt_id=prompt_id, outcome="stopped")
 
 
 def result_from_history(prompt_id: str, entry: dict[str, Any]) -> RunResult:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from comfyq_worker.attempt import Attempt
 from comfyq_worker.callbacks import CallbackSender
+from comfyq_worker.health import DATABASE, DependencyHealth
 
 from comfyq.db import Database
-from comfyq.errors import ComfyqError
+from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,9 @@ class Maintenance:
 
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
                  rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
-                 callbacks: CallbackSender | None = None) -> None:
+                 callbacks: CallbackSender | None = None, health: DependencyHealth | None = None) -> None:
         self.db = db
+        self.health = health
         self.queue = queue
         self.worker_id = worker_id
         self.status = "running"
@@ -60,8 +63,16 @@ class Maintenance:
     def start(self) -> None:
         self.scheduler.start()
 
-    def shutdown(self) -> None:
-        self.scheduler.shutdown(wait=True)
+    def heartbeat_soon(self) -> None:
+        """Renew leases now rather than at the next interval (the database just came back)."""
+        try:
+            self.scheduler.modify_job("heartbeat", next_run_time=datetime.now(self.scheduler.timezone))
+        except Exception:  # the scheduler is shutting down: the next start renews anyway
+            log.debug("could not bring the heartbeat forward", exc_info=True)
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """wait=False on a cold shutdown: a tick blocked on a hung database must not hold the exit."""
+        self.scheduler.shutdown(wait=wait)
 
     def track(self, attempt: Attempt) -> None:
         with self._lock:
@@ -80,13 +91,23 @@ class Maintenance:
         """Mark the worker alive and renew every held lease (running, prefetched, being recorded); raise
         an attempt's flags when its job was canceled or its lease was lost."""
         attempts = self.held()
+        down = self.health.down_names() if self.health is not None else []
         try:
-            self.db.execute("worker_heartbeat", {"id": self.worker_id, "status": self.status})
-            if not attempts:
-                return
-            held = self.queue.renew(self.worker_id, [a.lease for a in attempts])
+            self.db.execute("worker_heartbeat", {"id": self.worker_id, "status": self.status,
+                                                 "dependencies_down": down})
+            if attempts:
+                held = self.queue.renew(self.worker_id, [a.lease for a in attempts])
+        except DatabaseUnavailable as exc:
+            if self.health is not None:
+                self.health.down(DATABASE, exc)
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
+            return
         except ComfyqError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
+            return
+        if self.health is not None:
+            self.health.up(DATABASE)
+        if not attempts:
             return
         flagged = False
         for attempt in attempts:

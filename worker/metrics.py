@@ -34,6 +34,11 @@ class WorkerMetrics:
         self.busy_ratio = Gauge("comfyq_worker_gpu_busy_ratio",
                                 "Share of wall time since start that ComfyUI ran this worker's prompts",
                                 registry=self.registry)
+        self.dependency_up = Gauge("comfyq_worker_dependency_up",
+                                   "1 while the dependency answers, 0 during an outage (no claims then)",
+                                   ["dependency"], registry=self.registry)
+        for name in ("comfyui", "database", "storage", "redis"):
+            self.dependency_up.labels(name).set(1)
         self.info = Gauge("comfyq_worker_info", "Constant 1, labelled with the worker id", list(labels),
                           registry=self.registry)
         self.info.labels(**labels).set(1)

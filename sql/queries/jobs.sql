@@ -405,3 +405,16 @@ LIMIT %(limit)s;
 SELECT queued, eligible, delayed, running, expired_leases, oldest_queued_age_seconds, longest_wait_seconds,
        longest_running_seconds
 FROM stats_queue_summary;
+
+-- name: log_outage
+-- An outage or a resubmission recorded against the attempt it touched; fenced, so a lost lease writes nothing.
+-- No state changes and no attempt is spent: the job is still running here.
+INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, message, details)
+SELECT id, %(event)s, 'running', 'running', attempts, worker_id, %(message)s, %(details)s::jsonb
+FROM job_queue
+WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: attempt_state
+-- Where a job stands after a write whose outcome was unknown (the connection dropped during COMMIT).
+SELECT id, status, attempts, worker_id FROM job_queue WHERE id = %(id)s;

@@ -6,13 +6,14 @@ SET host = EXCLUDED.host, pid = EXCLUDED.pid, comfyui_url = EXCLUDED.comfyui_url
     started_at = now(), heartbeat_at = now(), stopped_at = NULL, current_job_id = NULL;
 
 -- name: worker_heartbeat
-UPDATE workers SET heartbeat_at = now(), status = %(status)s WHERE id = %(id)s RETURNING id;
+UPDATE workers SET heartbeat_at = now(), status = %(status)s, dependencies_down = %(dependencies_down)s::text[]
+WHERE id = %(id)s RETURNING id;
 
 -- name: worker_stopped
 UPDATE workers SET status = 'stopped', stopped_at = now(), current_job_id = NULL WHERE id = %(id)s;
 
 -- name: list_workers
-SELECT id, status, host, pid, comfyui_url, current_job_id, jobs_done, started_at, heartbeat_at,
+SELECT id, status, host, pid, comfyui_url, current_job_id, jobs_done, dependencies_down, started_at, heartbeat_at,
        round(extract(epoch FROM now() - heartbeat_at)::numeric, 1) AS heartbeat_age_s
 FROM workers
 WHERE %(include_stopped)s OR status <> 'stopped'
