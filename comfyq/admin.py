@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from comfyq.db import Database
-from comfyq.storage import Storage
+from comfyq.storage import Storage, job_prefix, storage_namespace
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,12 @@ def queue_stats(db: Database, tenant: str | None, *, alive_seconds: float,
 
 def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> dict[str, int]:
     """Delete finished jobs older than the age, with their logs and stored objects, in batches. Objects go
-    first: a failure leaves the rows (and a retry removes the rest) rather than rows pointing at nothing."""
+    first: a failure leaves the rows (and a retry removes the rest) rather than rows pointing at nothing.
+    A job's objects are everything under its prefix <installation>/<job>/, so outputs of fenced attempts (a
+    lost lease, a late worker) that no row lists go too; keys listed in rows stored before the installation
+    prefix existed (migration 0010) are deleted one by one, never by a bare <job>/ prefix, which another
+    installation sharing the storage may use."""
+    namespace = storage_namespace(db)
     totals = {"jobs_deleted": 0, "logs_deleted": 0, "objects_deleted": 0}
     while True:
         with db.session() as session, session.transaction():
@@ -45,8 +50,12 @@ def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> 
                                                                "limit": RETENTION_BATCH})
             if not batch:
                 break
-            keys = [o["key"] for row in batch for o in (row["outputs"] or []) if isinstance(o, dict) and o.get("key")]
-            totals["objects_deleted"] += storage.delete(keys)
+            prefixes = {row["id"]: job_prefix(namespace, row["id"]) for row in batch}
+            listed = [(row["id"], o["key"]) for row in batch for o in (row["outputs"] or [])
+                      if isinstance(o, dict) and isinstance(o.get("key"), str) and o["key"]]
+            legacy = [key for job_id, key in listed if not key.startswith(prefixes[job_id])]
+            totals["objects_deleted"] += storage.delete_prefixes(list(prefixes.values()))
+            totals["objects_deleted"] += storage.delete(legacy)
             deleted = session.fetch_all("retention_delete", {"ids": [row["id"] for row in batch]})[0]
             totals["jobs_deleted"] += int(deleted["jobs_deleted"])
             totals["logs_deleted"] += int(deleted["logs_deleted"])

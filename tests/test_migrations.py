@@ -3,6 +3,7 @@ refuses edited files and is safe when run twice at once."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from comfyq.db import Database, connect_once
 from comfyq.errors import MigrationError
 from comfyq.migrate import discover, migrate
+from comfyq.storage import storage_namespace
 from tests.conftest import SQL_DIR
 
 
@@ -109,3 +111,29 @@ def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_x.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNNN_description"):
         discover(tmp_path)
+
+
+def test_each_installation_gets_one_storage_id_of_its_own(fresh_database: str, db_url: str) -> None:
+    """Migration 0010 creates the id once: running the migrations again keeps it, a second row is refused,
+    and another database migrated on its own gets another id (the first segment of its storage keys)."""
+    db = Database(fresh_database, SQL_DIR)
+    try:
+        migrate(db, SQL_DIR / "migrations")
+        first = storage_namespace(db)
+        assert migrate(db, SQL_DIR / "migrations") == [] and storage_namespace(db) == first
+    finally:
+        db.close()
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    other = Database(db_url, SQL_DIR)
+    try:
+        assert storage_namespace(other) != first
+    finally:
+        other.close()
+    conn = connect_once(fresh_database)
+    try:
+        with conn.cursor() as cur, pytest.raises(Exception, match=r"installation_pkey|installation_one_row"):
+            cur.execute("INSERT INTO installation DEFAULT VALUES")
+        with conn.cursor() as cur, pytest.raises(Exception, match="installation_id_format"):
+            cur.execute("UPDATE installation SET id = 'a/b'")
+    finally:
+        conn.close()

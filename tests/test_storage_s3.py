@@ -1,25 +1,40 @@
-"""S3Storage against a real S3 API (moto's server as a child process), and a worker storing to it."""
+"""S3Storage against a real S3 API (moto's server as a child process), errors moto cannot produce from a small
+real HTTP server answering S3's error documents, and a worker storing to S3."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from comfyq.errors import ConfigurationError
+from comfyq import storage as storage_module
+from comfyq.errors import ConfigurationError, StorageUnavailable
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import Settings
-from comfyq.storage import S3Storage, StorageFailure, build_storage, object_key
+from comfyq.storage import (
+    S3Storage,
+    StorageFailure,
+    StorageRejected,
+    build_storage,
+    job_prefix,
+    object_key,
+    storage_namespace,
+)
 from tests.e2e_support import TINY_GRAPH, Stack
 from tests.s3_server import S3Server, unique_bucket
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+NS = "0123456789abcdef0123456789abcdef"
 
 
 def test_put_then_read_back_through_a_presigned_url(s3_storage: S3Storage) -> None:
-    key = object_key(42, 1, "ComfyUI_00001_.png")
-    assert key == "42/1/ComfyUI_00001_.png"
+    key = object_key(NS, 42, 1, "ComfyUI_00001_.png")
+    assert key == f"{NS}/42/1/ComfyUI_00001_.png"
     obj = s3_storage.put(key, PNG, "image/png")
     assert obj.key == key and obj.size == len(PNG) and obj.content_type == "image/png"
     assert obj.location == f"s3://{s3_storage.bucket}/{key}"
@@ -31,11 +46,12 @@ def test_put_then_read_back_through_a_presigned_url(s3_storage: S3Storage) -> No
 
 
 def test_attempts_get_keys_of_their_own(s3_storage: S3Storage) -> None:
-    first = s3_storage.put(object_key(7, 1, "out.png"), b"first", "image/png")
-    second = s3_storage.put(object_key(7, 2, "../../out.png"), b"second", "image/png")
-    assert (first.key, second.key) == ("7/1/out.png", "7/2/out.png")
-    stored = {o.object_name for o in s3_storage.client.list_objects(s3_storage.bucket, prefix="7/", recursive=True)}
-    assert stored == {"7/1/out.png", "7/2/out.png"}
+    first = s3_storage.put(object_key(NS, 7, 1, "out.png"), b"first", "image/png")
+    second = s3_storage.put(object_key(NS, 7, 2, "../../out.png"), b"second", "image/png")
+    assert (first.key, second.key) == (f"{NS}/7/1/out.png", f"{NS}/7/2/out.png")
+    stored = {o.object_name for o in s3_storage.client.list_objects(s3_storage.bucket, prefix=f"{NS}/7/",
+                                                                     recursive=True)}
+    assert stored == {f"{NS}/7/1/out.png", f"{NS}/7/2/out.png"}
     assert requests.get(s3_storage.presigned_url(first.key, 60), timeout=10).content == b"first"
 
 
@@ -67,17 +83,16 @@ def test_presigned_url_beyond_seven_days_is_a_storage_failure(s3_storage: S3Stor
 
 
 @pytest.mark.timeout(90)
-def test_server_down_is_a_storage_failure_and_back_on_the_same_port_works(tmp_path: Path) -> None:
+def test_server_down_is_an_outage_and_back_on_the_same_port_works(tmp_path: Path) -> None:
     server = S3Server(tmp_path / "logs", name="moto-s3-restarted").start()
     try:
         storage = server.storage()
         storage.put("1/1/a.txt", b"a", "text/plain")
         port = server.port
         server.stop()
-        with pytest.raises(StorageFailure) as raised:
+        with pytest.raises(StorageUnavailable) as raised:
             storage.put("1/2/a.txt", b"a", "text/plain")
-        assert raised.value.retryable and raised.value.error_type == "storage_error"
-        assert server.endpoint in raised.value.message
+        assert raised.value.dependency == "storage" and server.endpoint in str(raised.value)
         assert isinstance(raised.value.__cause__, Exception)  # the client's error is kept as the cause only
         server.start()
         assert server.port == port
@@ -88,13 +103,118 @@ def test_server_down_is_a_storage_failure_and_back_on_the_same_port_works(tmp_pa
         server.stop()
 
 
-def test_a_server_that_never_ran_is_a_storage_failure(tmp_path: Path) -> None:
+def test_a_server_that_never_ran_is_an_outage(tmp_path: Path) -> None:
     server = S3Server(tmp_path / "logs").start()
     endpoint = server.endpoint
     server.stop()
     storage = S3Storage(endpoint, "a", "b", unique_bucket(), connect_timeout=1.0)
-    with pytest.raises(StorageFailure, match="S3 bucket check failed"):
+    with pytest.raises(StorageUnavailable, match="S3 bucket check failed"):
         storage.put("1/1/a.txt", b"a", "text/plain")
+    with pytest.raises(StorageUnavailable, match="S3 listing of"):
+        storage.delete_prefixes([job_prefix(NS, 1)])
+
+
+def test_delete_prefixes_removes_every_attempt_of_a_job_in_batches(s3_storage: S3Storage,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "DELETE_BATCH", 2)  # several DeleteObjects requests for one job
+    keys = [f"{NS}/7/1/a.png", f"{NS}/7/1/b.png", f"{NS}/7/2/a.png", f"{NS}/8/1/a.png", f"{NS}/70/1/a.png",
+            "other-installation/7/1/a.png", "7/1/a.png"]
+    for key in keys:
+        s3_storage.put(key, b"x", "image/png")
+    assert s3_storage.delete_prefixes([job_prefix(NS, 7), job_prefix(NS, 99)]) == 3
+    left = {o.object_name for o in s3_storage.client.list_objects(s3_storage.bucket, recursive=True)}
+    assert left == {f"{NS}/8/1/a.png", f"{NS}/70/1/a.png", "other-installation/7/1/a.png", "7/1/a.png"}
+
+
+def test_deleting_from_a_bucket_that_does_not_exist_removes_nothing(s3_storage: S3Storage) -> None:
+    assert s3_storage.delete_prefixes([job_prefix(NS, 1)]) == 0
+    assert s3_storage.delete([f"{NS}/1/1/a.png"]) == 0
+
+
+def test_delete_prefixes_refuses_a_prefix_that_is_not_a_folder(s3_storage: S3Storage) -> None:
+    with pytest.raises(ValueError, match="must name a folder"):
+        s3_storage.delete_prefixes([f"{NS}/1"])
+
+
+class CannedS3(BaseHTTPRequestHandler):
+    """Answers like S3 for the bucket (it exists) and, for an upload, with the outcome its key names: S3's own
+    error documents for errors moto never gives (EntityTooLarge, SlowDown, AccessDenied), or a proxy's 413."""
+
+    protocol_version = "HTTP/1.1"
+    hits: Counter[str]
+    ERRORS = {"entity-too-large": (400, "EntityTooLarge"), "slow-down": (503, "SlowDown"),
+              "internal-error": (500, "InternalError"), "access-denied": (403, "AccessDenied"),
+              "invalid-argument": (400, "InvalidArgument")}
+
+    def answer(self, status: int, body: bytes = b"", content_type: str = "application/xml",
+               headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.answer(200)
+
+    def do_GET(self) -> None:
+        self.answer(200, b'<?xml version="1.0" encoding="UTF-8"?><LocationConstraint '
+                         b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">us-east-1</LocationConstraint>')
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key = self.path.split("?", 1)[0].split("/", 2)[2]
+        outcome = key.rsplit("/", 1)[-1].split(".", 1)[0]
+        self.hits[outcome] += 1
+        if outcome == "proxy-too-large":
+            self.answer(413, b"<html><body>413 Request Entity Too Large</body></html>", "text/html")
+        elif outcome in self.ERRORS:
+            status, code = self.ERRORS[outcome]
+            self.answer(status, (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                                 f"<Message>canned {code}</Message><Key>{key}</Key><RequestId>1</RequestId>"
+                                 "</Error>").encode())
+        else:
+            self.answer(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canned_s3() -> Iterator[tuple[S3Storage, Counter[str]]]:
+    """An S3Storage on the canned server (port 0), and the uploads it saw per outcome; shut down afterwards."""
+    hits: Counter[str] = Counter()
+    handler = type("Handler", (CannedS3,), {"hits": hits})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="canned-s3", daemon=True)
+    thread.start()
+    try:
+        yield S3Storage(f"127.0.0.1:{server.server_port}", "k", "s", "canned", region="us-east-1",
+                        connect_timeout=2.0, read_timeout=5.0), hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("outcome", "raised"), [
+    ("entity-too-large", StorageRejected), ("proxy-too-large", StorageRejected),
+    ("slow-down", StorageUnavailable), ("internal-error", StorageUnavailable),
+    ("access-denied", StorageUnavailable), ("invalid-argument", StorageFailure),
+])
+def test_s3_errors_are_sorted_into_outage_rejection_or_transient(
+        canned_s3: tuple[S3Storage, Counter[str]], outcome: str, raised: type[Exception]) -> None:
+    storage, hits = canned_s3
+    assert storage.put(f"{NS}/1/1/ok.png", PNG, "image/png").size == len(PNG)  # the bucket works
+    with pytest.raises(raised) as info:
+        storage.put(f"{NS}/1/1/{outcome}.png", PNG, "image/png")
+    assert type(info.value) is raised and storage.endpoint in str(info.value)
+    if raised is StorageRejected:
+        assert info.value.to_record()["type"] == "storage_rejected" and not info.value.retryable  # type: ignore[attr-defined]
+    assert hits[outcome] == (2 if outcome in {"slow-down", "internal-error"} else 1)  # 5xx: retried once
 
 
 def _s3_settings(**overrides: object) -> Settings:
@@ -157,7 +277,7 @@ def test_a_worker_stores_its_outputs_in_s3(stack: Stack, queue: JobQueue, s3_ser
     row = queue.get(job_id, "default")
     assert row is not None and row["status"] == "succeeded", row
     [output] = row["outputs"]
-    assert output["key"].startswith(f"{job_id}/1/") and output["location"] == f"s3://{bucket}/{output['key']}"
+    assert output["key"].startswith(f"{storage_namespace(queue.db)}/{job_id}/1/") and output["location"] == f"s3://{bucket}/{output['key']}"
     stat = s3_server.storage(bucket).client.stat_object(bucket, output["key"])
     assert stat.size == output["size"] and stat.content_type == output["content_type"] == "image/png"
     assert not list(stack.storage_dir.rglob("*.png"))  # nothing went to the local folder

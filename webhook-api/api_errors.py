@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from comfyq.errors import ConstraintViolation, DatabaseUnavailable
+from comfyq.errors import ConstraintViolation, DatabaseUnavailable, StorageUnavailable
 from comfyq.storage import StorageFailure
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(503, "database_unavailable", "the database is unavailable; retry later",
                               headers={"Retry-After": "5"})
 
-    @app.errorhandler(StorageFailure)
-    def _storage_down(exc: StorageFailure) -> Any:
+    @app.errorhandler(StorageUnavailable)
+    @app.errorhandler(StorageFailure)  # not known to be an outage, but retrying later is the caller's best move
+    def _storage_down(exc: StorageUnavailable | StorageFailure) -> Any:
         log.warning("storage unavailable: %s", exc, extra={"action": "storage_unavailable"})
         return error_response(503, "storage_unavailable", "the object storage is unavailable; retry later",
                               headers={"Retry-After": "30"})

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
 from comfyq.settings import Settings
-from comfyq.storage import Storage, StorageFailure
+from comfyq.storage import STORAGE_ERRORS, Storage
 from comfyq.workflows import ParamError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _signed(storage: Storage, key: str, expires: int) -> str | None:
     """A download URL, or None when the backend has none or cannot sign right now (the job is still shown)."""
     try:
         return storage.presigned_url(key, expires)
-    except StorageFailure as exc:
+    except STORAGE_ERRORS as exc:
         log.warning("cannot sign a URL for %s: %s", key, exc, extra={"action": "presign"})
         return None
 

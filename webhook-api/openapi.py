@@ -148,7 +148,9 @@ def _response_schemas() -> dict[str, Any]:
             "type": "object", "required": ["key", "url"],
             "description": "One stored output file.",
             "properties": {
-                "key": {"type": "string", "description": "The object key in storage, `{job}/{attempt}/{file}`."},
+                "key": {"type": "string", "description": "The object key in storage, "
+                        "`{installation}/{job}/{attempt}/{file}` (`{job}/{attempt}/{file}` for jobs stored before "
+                        "installation ids)."},
                 "size": {"type": "integer", "minimum": 0, "description": "Bytes."},
                 "content_type": {"type": "string"},
                 "location": {"type": "string", "description": "`s3://bucket/key` or a local file path."},

@@ -1,0 +1,50 @@
+"""A real small file system for storage tests: a tmpfs of its own gives a real ENOSPC when full and a real EROFS
+once remounted read-only (as root, chmod stops nothing). Skipped where mounting is not allowed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SIZE = "64k"
+
+
+class SmallDisk:
+    """One tmpfs mount; read_only() and writable() remount it in place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mount(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+    def read_only(self) -> None:
+        result = self.mount("-o", "remount,ro", str(self.path))
+        assert result.returncode == 0, result.stderr
+
+    def writable(self) -> None:
+        result = self.mount("-o", "remount,rw", str(self.path))
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 64 KiB tmpfs under tmp_path, unmounted in teardown (also when the test failed)."""
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount here")
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    disk = SmallDisk(path)
+    result = disk.mount("-t", "tmpfs", "-o", f"size={SIZE},mode=0755", "comfyq-test", str(path))
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=30)
+        if unmounted.returncode != 0:  # something still holds it open: detach now, freed when released
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, timeout=30, check=True)
