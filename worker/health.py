@@ -54,9 +54,11 @@ class DependencyHealth:
             state = self._states[name]
             now = self.clock()
             became_down = state.up
+            state.last_error = str(error)[:500]
+            if not became_down and now < state.next_probe_at:
+                return  # another report of the same outage before the next probe: the schedule stands
             state.up = False
             state.down_since = state.down_since if state.down_since is not None else now
-            state.last_error = str(error)[:500]
             state.failures += 1
             state.next_probe_at = now + self._delay(state.failures)
         if became_down:
@@ -75,6 +77,14 @@ class DependencyHealth:
         log.info("%s is back after %.1fs", name, outage,
                  extra={"action": "dependency_up", "dependency": name, "outage_seconds": round(outage, 1)})
         self.on_change(name, True)
+
+    def probe_soon(self, name: str) -> None:
+        """Evidence that `name` may be back (its WebSocket connected again): probe it now, not at the
+        scheduled time; only a successful probe says it is up."""
+        with self._lock:
+            state = self._states[name]
+            if not state.up:
+                state.next_probe_at = self.clock()
 
     def _delay(self, failures: int) -> float:
         """Equal jitter: uniform in [d/2, d] with d = min(max, min * 2^(failures-1))."""

@@ -173,6 +173,9 @@ class Worker:
         socket can connect while HTTP hangs)."""
         if not ok:
             self.health.down(COMFYUI, error)
+        else:
+            self.health.probe_soon(COMFYUI)
+            self.wakeup.wake()
 
     def _notify_terminal(self, job_id: int) -> None:
         """A job reached a final state here: deliver its callback now rather than at the next tick."""
