@@ -13,6 +13,11 @@ Safety nets: the reconciler (a worker tick, one worker at a time) re-enqueues qu
 message (Redis flushed, restarted without persistence, a publish that failed). While Redis cannot be reached the
 worker claims from Postgres (SKIP LOCKED) and sleeps on LISTEN, exactly as QUEUE_BACKEND=postgres; it also polls
 Postgres once per poll interval when idle, so jobs queued under the other backend are found at once.
+
+A hung Redis (stopped, swapping, a dead network path) counts as unreachable: every call gives up after
+dependency_timeout_seconds (connect and read, no client-side retries), and after a failure the process leaves
+Redis alone for redis_retry_seconds, then lets one caller (one thread) probe it. So a hang costs at most one
+timeout per retry period per process instead of stalling every call.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from rq import Queue
 from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.job import Job
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DELIVER = "comfyq.redis_transport.deliver"
 WAIT_SLICE_SECONDS = 1.0  # an idle BLPOP is cut in slices so a signal is noticed within this time
+HEALTH_CHECK_SECONDS = 15  # a pooled connection idle this long is PINGed before use (within the same timeout)
 MAX_MESSAGES_PER_CLAIM = 100  # stale messages dropped in one claim call before giving the loop back
 RECONCILE_BATCH = 1000
 SCHEDULER_LOCK_REFRESH_SECONDS = 15.0
@@ -92,6 +100,22 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def connect(url: str, timeout: float) -> redis.Redis:
+    """A client whose every call gives up after `timeout`, connecting and reading alike. redis-py's own retries are
+    off: they would turn one hung call into a dozen (about 14 s at a 1 s timeout); the transport's retry period is
+    the only retry."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                retry=Retry(NoBackoff(), 0), health_check_interval=HEALTH_CHECK_SECONDS)
+
+
+def wait_slice(socket_timeout: float | None) -> float:
+    """How long one idle BLPOP may block: shorter than the socket timeout with room to spare, or a quiet queue
+    would look like a hung Redis."""
+    if not socket_timeout:
+        return WAIT_SLICE_SECONDS
+    return min(WAIT_SLICE_SECONDS, socket_timeout / 2)
+
+
 class RedisTransport(Transport):
     name = "redis"
     publishes = True
@@ -115,8 +139,14 @@ class RedisTransport(Transport):
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._pending: list[tuple[Job, Queue]] = []  # popped by an idle wait, claimed by the next claim()
-        self._down_until = 0.0
+        self.wait_slice = wait_slice(connection.connection_pool.connection_kwargs.get("socket_timeout"))
+        self._health_lock = threading.Lock()
+        self._health_listeners: list[Callable[[bool], None]] = []
+        self._notify_lock = threading.RLock()  # RLock: a listener may call back into the transport
+        self._told_healthy = True  # what the listeners heard last
         self._down = False
+        self._down_at = 0.0  # monotonic time the current outage was noticed
+        self._retry_at = 0.0  # while down: when one caller may try Redis again
         self._poll_due = True  # the next claim that finds Redis empty also asks Postgres
         self._polled_empty = False  # the last claim asked Postgres and found nothing
         self._scheduler: RQScheduler | None = None
@@ -125,8 +155,7 @@ class RedisTransport(Transport):
     @classmethod
     def from_settings(cls, settings: Settings, *, owner: str | None = None) -> RedisTransport:
         assert settings.redis_url is not None
-        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10,
-                                          health_check_interval=15)
+        connection = connect(settings.redis_url, settings.dependency_timeout_seconds)
         return cls(connection, prefix=settings.redis_prefix, floors=settings.band_floors,
                    retry_seconds=settings.redis_retry_seconds,
                    reconcile_seconds=settings.reconcile_interval_seconds,
@@ -138,22 +167,67 @@ class RedisTransport(Transport):
         with self._counts_lock:
             self.counts[what] += n
 
+    @property
+    def healthy(self) -> bool:
+        return not self._down
+
+    def on_health_change(self, callback: Callable[[bool], None]) -> None:
+        self._health_listeners.append(callback)
+
     def redis_ok(self) -> bool:
-        """False while a recent error says Redis is away (then everything goes through Postgres)."""
-        return time.monotonic() >= self._down_until
+        """True when the caller may use Redis now. While Redis is down: False until the retry period is over,
+        then True for exactly one caller (the probe; the others stay on Postgres for another period), so a hung
+        Redis blocks one call per period and process, not every thread's."""
+        if not self._down:
+            return True
+        with self._health_lock:
+            now = time.monotonic()
+            if not self._down or now >= self._retry_at:
+                self._retry_at = now + self.retry_seconds
+                return True
+            return False
 
     def _mark_down(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self.retry_seconds
-        if not self._down:
-            self._down = True
-            log.warning("redis unavailable, claiming from Postgres for now: %s", exc,
-                        extra={"action": "redis_down"})
+        """A Redis call failed or timed out: Postgres only for the retry period. Logged once per outage."""
+        with self._health_lock:
+            now = time.monotonic()
+            self._retry_at = now + self.retry_seconds
+            first = not self._down
+            if first:
+                self._down = True
+                self._down_at = now
+        if first:
+            log.warning("redis unavailable: %s: %s; publishing and claiming through Postgres, next try in %gs",
+                        type(exc).__name__, exc, self.retry_seconds, extra={"action": "redis_unavailable"})
+            self._notify()
 
-    def _mark_up(self) -> None:
-        if self._down:
+    def _mark_up(self, started: float) -> None:
+        """A Redis call that began at `started` (monotonic) succeeded. One that began before the outage was
+        noticed proves nothing about Redis now, so it does not end the outage."""
+        if not self._down:
+            return
+        with self._health_lock:
+            if not self._down or started < self._down_at:
+                return
             self._down = False
-            self._poll_due = True  # what was queued meanwhile may have no message yet
-            log.info("redis reachable again", extra={"action": "redis_up"})
+            lasted = time.monotonic() - self._down_at
+        self._poll_due = True  # what was queued meanwhile may have no message yet
+        log.info("redis reachable again after %.1fs", lasted, extra={"action": "redis_available"})
+        self._notify()
+
+    def _notify(self) -> None:
+        """Tell the listeners the current state when it differs from what they heard last: two threads flipping
+        it at once still reach them in order, each change once."""
+        with self._notify_lock:
+            healthy = not self._down
+            if healthy == self._told_healthy:
+                return
+            self._told_healthy = healthy
+            for callback in list(self._health_listeners):
+                try:
+                    callback(healthy)
+                except Exception:  # a listener's bug must not break claiming
+                    log.exception("redis health listener failed")
 
     def message_id(self, job_id: int, attempts: int) -> str:
         return f"{self.prefix}-{job_id}-{attempts}"
@@ -163,6 +237,7 @@ class RedisTransport(Transport):
         if not messages or not self.redis_ok():
             return
         now = datetime.now(UTC)
+        started = time.monotonic()
         immediate: dict[str, list] = {}
         try:
             with self.redis.pipeline() as pipe:
@@ -183,7 +258,7 @@ class RedisTransport(Transport):
         except RedisError as exc:
             self._mark_down(exc)
             return
-        self._mark_up()
+        self._mark_up(started)
         self._count("published", len(messages))
 
     # Consuming ------------------------------------------------------------------------------------------
@@ -209,6 +284,7 @@ class RedisTransport(Transport):
             return message, self._by_key[key]
 
     def has_messages(self) -> bool:
+        started = time.monotonic()
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for queue in self.queues:
@@ -217,10 +293,12 @@ class RedisTransport(Transport):
         except RedisError as exc:
             self._mark_down(exc)
             return False
+        self._mark_up(started)
         return any(lengths)
 
     def claim(self, queue: JobQueue, worker_id: str) -> ClaimedJob | None:
         if self.redis_ok():
+            started = time.monotonic()
             try:
                 for _ in range(MAX_MESSAGES_PER_CLAIM):
                     item = self._pending.pop(0) if self._pending else self._pop(None)
@@ -228,14 +306,14 @@ class RedisTransport(Transport):
                         break
                     claimed = self._claim_message(queue, worker_id, *item)
                     if claimed is not None:
-                        self._mark_up()
+                        self._mark_up(started)
                         self._poll_due = False
                         self._polled_empty = False
                         return claimed
                 else:
                     self._polled_empty = False
                     return None  # a run of stale messages: the loop calls again
-                self._mark_up()
+                self._mark_up(started)
             except RedisError as exc:
                 self._mark_down(exc)
         if self.redis_ok() and not self._poll_due:
@@ -260,7 +338,10 @@ class RedisTransport(Transport):
         try:
             claimed = queue.claim_by_id(job_id, worker_id)
         except DatabaseUnavailable:
-            band.push_job_id(message.id, at_front=True)  # not consumed: another worker takes it
+            try:
+                band.push_job_id(message.id, at_front=True)  # not consumed: another worker takes it
+            except RedisError as exc:
+                self._mark_down(exc)  # the reconciler publishes it again
             raise
         try:
             self.redis.delete(message.key)  # consumed: another copy of the same id still in a list is skipped by RQ
@@ -269,8 +350,9 @@ class RedisTransport(Transport):
                 raise
             # The claim is committed in Postgres: it must reach the worker, or the job would sit claimed by
             # nobody until its lease ran out. The message left behind claims nothing if it is delivered again.
-            log.warning("claimed job %s but could not delete its message: %s", job_id, exc,
-                        extra={"action": "redis_down", "job_id": job_id})
+            self._mark_down(exc)
+            log.info("claimed job %s but could not delete its message (delivered again, it claims nothing)",
+                     job_id, extra={"action": "redis_unavailable", "job_id": job_id})
         if claimed is not None:
             self._count("redis_claims")
             return claimed
@@ -294,13 +376,19 @@ class RedisTransport(Transport):
         return RedisWaiter(self, db.listener("listen_jobs"))
 
     def give_back(self) -> None:
-        """Messages popped but not claimed go back to the front of their band."""
+        """Messages popped but not claimed go back to the front of their band. While Redis is down they are
+        dropped without trying (their jobs are still queued in Postgres; the reconciler publishes them)."""
+        if self._down:
+            self._pending.clear()
+            return
         while self._pending:
             message, band = self._pending.pop()
             try:
                 band.push_job_id(message.id, at_front=True)
             except RedisError as exc:
-                log.warning("could not hand message %s back (the reconciler will): %s", message.id, exc)
+                self._mark_down(exc)
+                self._pending.clear()
+                log.info("could not hand message %s back (the reconciler will)", message.id)
                 return
 
     # Maintenance ----------------------------------------------------------------------------------------
@@ -311,29 +399,36 @@ class RedisTransport(Transport):
     def move_due_messages(self) -> None:
         """RQ's scheduler, as `rq worker --with-scheduler` runs it: whichever worker holds a band's scheduler
         lock moves its due delayed messages into the band."""
+        started = time.monotonic()
+        refresh = started - self._locks_at >= SCHEDULER_LOCK_REFRESH_SECONDS
+        if self._scheduler is not None and not refresh and not self._scheduler.acquired_locks:
+            return  # nothing to do until the next lock refresh; checked first so no probe is wasted on it
         if not self.redis_ok():
             return
         try:
             if self._scheduler is None:
                 self._scheduler = RQScheduler(self.queues, self.redis, interval=max(1, math.ceil(
                     self.scheduler_seconds)), serializer=JSONSerializer, name=self.owner, logging_level="WARNING")
-            now = time.monotonic()
-            if now - self._locks_at >= SCHEDULER_LOCK_REFRESH_SECONDS:
+            if refresh:
                 self._scheduler.acquire_locks()
-                self._locks_at = now
+                self._locks_at = started
             if self._scheduler.acquired_locks:
                 self._scheduler.enqueue_scheduled_jobs()
         except RedisError as exc:
             self._mark_down(exc)
+            return
+        self._mark_up(started)
 
     def reconcile(self, db: Database) -> int:
         """Re-enqueue queued, due rows (head of the queue first) whose message is missing; one worker per tick.
         Returns how many were re-enqueued."""
         if not self.redis_ok():
             return 0
+        started = time.monotonic()
         try:
             lock_ms = max(100, int(self.reconcile_seconds * 900))
             if not self.redis.set(f"{self.prefix}:reconciler", self.owner, nx=True, px=lock_ms):
+                self._mark_up(started)
                 return 0
             rows = db.fetch_all("reconcile_candidates", {"grace_seconds": self.reconcile_grace_seconds,
                                                          "limit": RECONCILE_BATCH})
@@ -349,6 +444,7 @@ class RedisTransport(Transport):
         except DatabaseUnavailable as exc:
             log.warning("reconcile tick failed: %s", exc, extra={"action": "reconcile"})
             return 0
+        self._mark_up(started)
         missing = [Message(row["id"], row["priority"], row["attempts"]) for row, there in zip(rows, present)
                    if not there]
         if missing:
@@ -367,18 +463,21 @@ class RedisTransport(Transport):
                                                    "published", "reconciled")})
 
     def close(self) -> None:
+        """Hands messages back and releases the scheduler locks, unless Redis is down: then the locks expire by
+        themselves, and stopping does not wait for a hung Redis."""
         self.give_back()
-        if self._scheduler is not None:
+        if self._scheduler is not None and not self._down:
             try:
                 self._scheduler.release_locks()
-            except RedisError:
-                pass
+            except RedisError as exc:
+                self._mark_down(exc)
         self.redis.close()
 
 
 class RedisWaiter:
     """An idle worker's sleep: BLPOP on the bands in slices (a signal ends it within a slice), the message kept
-    for the next claim; while Redis is away, LISTEN on Postgres like the Postgres transport."""
+    for the next claim; while Redis is away, LISTEN on Postgres like the Postgres transport. A slice is shorter
+    than the socket timeout (transport.wait_slice), so only a hung Redis makes one time out."""
 
     def __init__(self, transport: RedisTransport, listener: Listener) -> None:
         self.transport = transport
@@ -394,6 +493,7 @@ class RedisWaiter:
         if timeout <= 0:
             return transport.has_messages()
         deadline = time.monotonic() + timeout
+        first = True  # the first slice may be the probe of a Redis that was down: it must reach Redis
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -401,12 +501,16 @@ class RedisWaiter:
                 return False
             if wake_fds and select.select(list(wake_fds), [], [], 0)[0]:
                 return False
+            if not first and not transport.healthy:  # another thread (a publish, a tick) found Redis away
+                return self.listener.wait(remaining, wake_fds)
+            first = False
+            started = time.monotonic()
             try:
-                item = transport._pop(max(0.01, min(WAIT_SLICE_SECONDS, remaining)))
+                item = transport._pop(max(0.01, min(transport.wait_slice, remaining)))
             except RedisError as exc:
                 transport._mark_down(exc)
                 return self.listener.wait(max(0.0, deadline - time.monotonic()), wake_fds)
-            transport._mark_up()
+            transport._mark_up(started)
             if item is not None:
                 transport._pending.append(item)
                 return True

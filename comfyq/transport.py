@@ -66,6 +66,16 @@ class Transport:
     def waiter(self, db: Database) -> Waiter:
         return db.listener("listen_jobs")
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the transport's own dependency (Redis) answers: False from its first failed or timed-out call
+        until a call succeeds again; meanwhile jobs go through Postgres. Always True here (nothing but Postgres)."""
+        return True
+
+    def on_health_change(self, callback: Callable[[bool], None]) -> None:
+        """Call callback(healthy) whenever `healthy` flips, from whichever thread noticed (keep it short, never
+        block in it). So a worker can show Redis as down or up without polling. Never called here."""
+
     def request_poll(self) -> bool:
         """Burst mode, before exiting: True when the next claim will also ask Postgres for an eligible job
         (so the worker should claim once more); False when the last claim already did and found none."""
