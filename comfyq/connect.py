@@ -21,4 +21,4 @@ def open_database(settings: Settings, *, application_name: str = "comfyq",
     return Database(database_url(settings, start_embedded=start_embedded), settings.sql_dir,
                     min_size=settings.db_pool_min, max_size=settings.db_pool_max,
                     connect_timeout=settings.db_connect_timeout, application_name=application_name,
-                    prepare=settings.db_prepare_statements)
+                    prepare=settings.db_prepare_statements, io_timeout=settings.db_io_timeout_seconds)

@@ -61,9 +61,10 @@ def pending(db: Session, migrations: list[Migration]) -> list[Migration]:
 
 
 def migrate(db: Database, migrations_dir: Path) -> list[str]:
-    """Apply every pending migration, each in one transaction with its record, under an advisory lock."""
+    """Apply every pending migration, each in one transaction with its record, under an advisory lock. Without
+    the database's io_timeout: DDL on a big table, or waiting for another runner's lock, is rightly silent."""
     migrations = discover(migrations_dir)
-    with db.session() as session:
+    with db.session(wait_forever=True) as session:
         session.execute("migrations_lock")
         try:
             session.execute("migrations_create_table")

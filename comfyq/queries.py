@@ -79,3 +79,20 @@ def positional(sql: str) -> PositionalQuery | None:
         return f"${names.index(name) + 1}"
 
     return PositionalQuery(_PARAM.sub(replace, sql).rstrip().rstrip(";"), tuple(names))
+
+
+_COMMENT = re.compile(r"--[^\n]*")
+_READ_START = re.compile(r"^\s*(?:SELECT|WITH|VALUES|TABLE|SHOW)\b", re.IGNORECASE)
+# Words that write (or may: FOR UPDATE locks rows, which is harmless but rare in a read), and any call of the
+# project's own functions (comfyq_*), which may write; every function that writes in sql/migrations is one.
+_WRITE_WORDS = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|COPY|CALL|NOTIFY|pg_notify|nextval|setval|"
+                          r"lo_\w+)\b|\bcomfyq_\w+\s*\(", re.IGNORECASE)
+
+
+def may_write(sql: str) -> bool:
+    """False only for a statement that certainly writes nothing: a SELECT (or WITH, VALUES, ...) with no data
+    changing word and no call of a comfyq_* function. When the connection is lost after such a statement was
+    sent nothing can have changed (DatabaseUnavailable); for any other the outcome is unknown (OutcomeUnknown).
+    Wrongly calling a read a write only costs a cautious answer, so the test errs that way."""
+    text = _COMMENT.sub("", sql)
+    return not _READ_START.match(text) or bool(_WRITE_WORDS.search(text))

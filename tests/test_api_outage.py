@@ -1,6 +1,8 @@
 """PostgreSQL stopped and started again while jobs arrive: the API under gunicorn answers 503 (JSON error,
 Retry-After) while the database is down, never 500 and never hangs, writes no partial rows, loses no
-acknowledged job, and serves normally afterwards without a restart.
+acknowledged job, and serves normally afterwards without a restart. A 503 is database_unavailable (nothing was
+written) unless the shutdown cut a submission's insert short: then outcome_unknown, and only such a job may be
+stored without having been acknowledged.
 
 The database is an embedded server of this test's own (in tmp_path), never the shared one other tests use."""
 
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "outage-token"
 REQUEST_TIMEOUT = 10.0  # a request slower than this counts as a hang
+OUTAGE_CODES = {"database_unavailable", "outcome_unknown"}
 POSTERS = 3  # concurrent clients, so both workers serve and hold pooled connections
 
 
@@ -150,16 +153,19 @@ def test_postgres_restart_while_jobs_arrive(tmp_path: Path, own_postgres: tuple[
     assert slowest < REQUEST_TIMEOUT
     for answer in answers:
         if answer.status == 503:
-            assert answer.retry_after and answer.body["error"]["code"] == "database_unavailable", answer
+            assert answer.retry_after and answer.body["error"]["code"] in OUTAGE_CODES, answer
             assert set(answer.body["error"]) == {"code", "message", "details"}
+    unknown = sum(1 for a in answers if a.status == 503 and a.body["error"]["code"] == "outcome_unknown")
     after_restart = [a for a in answers if a.started >= restarted]
     failed_after = sum(1 for a in after_restart if a.status != 202)
     accepted = [a.body["id"] for a in answers if a.status == 202]
-    record_figure("outage: answers (202 / 503)", f"{len(accepted)} / {len(answers) - len(accepted)}")
+    record_figure("outage: answers (202 / 503, of which outcome_unknown)",
+                  f"{len(accepted)} / {len(answers) - len(accepted)}, {unknown}")
     record_figure("outage: 503 after postgres was back", f"{failed_after} of {len(after_restart)}")
     record_figure("outage: slowest answer", f"{slowest:.2f}s")
 
-    # Every acknowledged job is stored, and nothing else is: a refused submit left no row behind.
+    # Every acknowledged job is stored, and nothing else but what an outcome_unknown answer may have committed:
+    # a submit refused with database_unavailable left no row behind.
     conn = connect_once(url)
     try:
         with conn.cursor() as cur:
@@ -167,8 +173,9 @@ def test_postgres_restart_while_jobs_arrive(tmp_path: Path, own_postgres: tuple[
             rows = cur.fetchall()
     finally:
         conn.close()
-    assert len(rows) == len(accepted)
-    assert sorted(row[0] for row in rows) == sorted(accepted)
+    stored = {row[0] for row in rows}
+    assert stored >= set(accepted)
+    assert len(stored) - len(accepted) <= unknown
     assert all(row[1] == TINY_GRAPH and row[2] == "queued" for row in rows)
     # Once postgres answered again, no request was refused for a connection the outage had broken.
     assert failed_after == 0

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from comfyq.errors import ConstraintViolation, DatabaseUnavailable, StorageUnavailable
+from comfyq.errors import ConstraintViolation, DatabaseUnavailable, OutcomeUnknown, StorageUnavailable
 from comfyq.storage import StorageFailure
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,22 @@ def error_response(status: int, code: str, message: str, details: Any = None,
     return jsonify({"error": body}), status, headers or {}
 
 
+DB_RETRY_AFTER = {"Retry-After": "5"}
+# Methods whose routes change nothing a client asked for: a lost connection never leaves their outcome unknown.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@contextlib.contextmanager
+def bookkeeping_write() -> Iterator[None]:
+    """For the API's own small writes before a request's real work (the token's last use, a rate-limit token):
+    losing the connection during one leaves the request without effect, so the client hears
+    database_unavailable (retry freely), not outcome_unknown."""
+    try:
+        yield
+    except OutcomeUnknown as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors without the echoed input (which may be megabytes)."""
     return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"], "type": err["type"]}
@@ -50,9 +68,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DatabaseUnavailable)
     def _db_down(exc: DatabaseUnavailable) -> Any:
+        if isinstance(exc, OutcomeUnknown) and request.method not in READ_METHODS:
+            log.warning("database connection lost during a write: %s", exc, extra={"action": "db_outcome_unknown"})
+            return error_response(503, "outcome_unknown", "the database connection was lost while this request "
+                                  "was being written: it may or may not have taken effect. Retry with the same "
+                                  "Idempotency-Key, which answers with what the first try created or does it now; "
+                                  "without a key, look for the job (GET /jobs) before sending it again",
+                                  headers=DB_RETRY_AFTER)
         log.warning("database unavailable: %s", exc, extra={"action": "db_unavailable"})
-        return error_response(503, "database_unavailable", "the database is unavailable; retry later",
-                              headers={"Retry-After": "5"})
+        return error_response(503, "database_unavailable", "the database is unavailable and nothing was written; "
+                              "retry later", headers=DB_RETRY_AFTER)
 
     @app.errorhandler(StorageUnavailable)
     @app.errorhandler(StorageFailure)  # not known to be an outage, but retrying later is the caller's best move

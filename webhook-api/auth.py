@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from comfyq_api.api_errors import ApiError
+from comfyq_api.api_errors import ApiError, bookkeeping_write
 from comfyq_api.services import services
 from flask import current_app, g, request
 
@@ -51,7 +51,8 @@ def _resolve(token: str, settings: Settings) -> Caller | None:
     row = tokens.lookup(services().db, token)
     if row is None:
         return None
-    services().db.execute("token_touch", {"id": row["id"]})
+    with bookkeeping_write():
+        services().db.execute("token_touch", {"id": row["id"]})
     return Caller(tenant=row["tenant"], role=row["role"], allow_raw_graphs=bool(row["allow_raw_graphs"]),
                   max_queued_jobs=row["max_queued_jobs"], rate_per_second=row["rate_per_second"],
                   rate_burst=row["rate_burst"], token_id=row["id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from comfyq_api.api_errors import ApiError
+from comfyq_api.api_errors import ApiError, bookkeeping_write
 from comfyq_api.auth import Caller
 from comfyq_api.services import services
 from flask import current_app
@@ -21,7 +21,9 @@ def enforce_rate(caller: Caller, cost: int = 1) -> None:
     burst = caller.rate_burst or settings.default_rate_burst
     params = {"tenant": caller.tenant, "rate": rate, "burst": burst, "cost": cost}
     db = services().db
-    row = db.fetch_one("rate_take", params) or db.fetch_one("rate_seed", params) or db.fetch_one("rate_take", params)
+    with bookkeeping_write():
+        row = (db.fetch_one("rate_take", params) or db.fetch_one("rate_seed", params)
+               or db.fetch_one("rate_take", params))
     if row is not None and not row["allowed"]:
         retry_after = max(1, math.ceil(float(row["retry_after"])))
         raise ApiError(429, "rate_limited", f"tenant {caller.tenant!r} is limited to {rate:g} requests per second "

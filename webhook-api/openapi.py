@@ -49,9 +49,13 @@ ERROR_DESCRIPTIONS = {
     415: "The body is not sent as `Content-Type: application/json`.",
     422: "The body is JSON but not a valid request; nothing was written.",
     429: "A per-tenant limit (request rate or queued-job quota) refused the request; retry after `Retry-After`.",
-    503: "The database (or, for retention, the object storage) is unavailable; retry after `Retry-After` seconds.",
+    503: "The database (or, for retention, the object storage) is unavailable; retry after `Retry-After` seconds. "
+         "`database_unavailable`: nothing was written. `outcome_unknown` (writes only): the connection was lost "
+         "while the write was under way, so it may have taken effect; retry with the same `Idempotency-Key`.",
 }
 AUTH_ERRORS: dict[int, list[str]] = {401: ["unauthorized"], 503: ["database_unavailable"]}
+# Routes that write: a connection lost during the write leaves its outcome unknown.
+WRITE_ERRORS: dict[int, list[str]] = {**AUTH_ERRORS, 503: ["database_unavailable", "outcome_unknown"]}
 BODY_ERRORS: dict[int, list[str]] = {400: ["invalid_json"], 413: ["request_entity_too_large"],
                                      415: ["unsupported_media_type"]}
 OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
@@ -60,25 +64,25 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/metrics"): {},
     ("get", "/openapi.json"): {},
     ("post", "/jobs"): {
-        **AUTH_ERRORS, **BODY_ERRORS, 400: ["invalid_json", "invalid_idempotency_key"],
+        **WRITE_ERRORS, **BODY_ERRORS, 400: ["invalid_json", "invalid_idempotency_key"],
         403: ["raw_graphs_not_allowed"], 409: ["idempotency_key_reused"],
         422: ["validation_error", "unknown_workflow", "invalid_params", "invalid_graph", "comfyui_validation_failed",
               "constraint_violation"],
         429: ["rate_limited", "quota_exceeded"]},
     ("post", "/jobs/batch"): {
-        **AUTH_ERRORS, **BODY_ERRORS, 400: ["invalid_json", "invalid_idempotency_key"],
+        **WRITE_ERRORS, **BODY_ERRORS, 400: ["invalid_json", "invalid_idempotency_key"],
         409: ["idempotency_key_reused"], 413: ["request_entity_too_large", "batch_too_large"],
         422: ["validation_error", "invalid_batch_items", "constraint_violation"],
         429: ["rate_limited", "quota_exceeded"]},
     ("get", "/jobs"): {**AUTH_ERRORS, 400: ["invalid_query", "invalid_cursor"]},
     ("get", "/jobs/{job_id}"): {**AUTH_ERRORS, 404: ["not_found"]},
-    ("post", "/jobs/{job_id}/cancel"): {**AUTH_ERRORS, 404: ["not_found"], 409: ["not_cancelable"],
+    ("post", "/jobs/{job_id}/cancel"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_cancelable"],
                                         429: ["rate_limited"]},
-    ("post", "/jobs/{job_id}/retry"): {**AUTH_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
+    ("post", "/jobs/{job_id}/retry"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
                                        429: ["rate_limited", "quota_exceeded"]},
     ("get", "/stats"): {**AUTH_ERRORS},
     ("post", "/admin/retention"): {**AUTH_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"],
-                                   503: ["database_unavailable", "storage_unavailable"]},
+                                   503: ["database_unavailable", "outcome_unknown", "storage_unavailable"]},
     ("get", "/workflows"): {**AUTH_ERRORS},
     ("get", "/workflows/{name}"): {**AUTH_ERRORS, 404: ["not_found"]},
 }
