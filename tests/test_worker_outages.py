@@ -4,14 +4,17 @@ counts jobs lost, failed, stuck, run twice and attempts spent, and reports them 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfyq.jobs import JobQueue, NewJob
 from tests.e2e_support import Stack, wait_until
+from tests.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +132,44 @@ def test_double_sigterm_while_comfyui_is_down_exits_within_5s_and_hands_jobs_bac
     rows = [queue.get(i, "default") for i in ids]
     assert [r["status"] for r in rows if r] == ["queued"] * 3
     assert all(r is not None and r["attempts"] == 0 for r in rows)  # handed back, no attempt spent
+
+
+def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue, sql: Any, tmp_path: Path,
+                                                 record_figure: Any) -> None:
+    """Output storage read-only for 30 s, then full for 20 s, during an 800-job run: the outputs wait in ComfyUI,
+    storing is retried, and no job fails or succeeds without its file."""
+    total = 800
+    with mounted_tmpfs(tmp_path / "storage", size="32m") as disk:
+        stack.storage_dir = disk.path
+        stack.standin("--node-seconds", "0.01")
+        queue.enqueue_many([NewJob(graph=tiny(i % 256), max_attempts=1) for i in range(total)])
+        worker = stack.worker("w1", outage_backoff_max_seconds="5")
+        wait_until(lambda: succeeded(sql) >= 100, 120, "jobs before the outage")
+        disk.read_only()
+        try:
+            worker.wait_for(r"storage unavailable", timeout=20)
+            time.sleep(30)
+        finally:
+            disk.writable()
+        filler = disk.path / "filler"
+        with filler.open("wb") as handle:  # fill the disk to the last byte: every write now fails with ENOSPC
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        during_full = succeeded(sql)
+        time.sleep(20)
+        assert succeeded(sql) == during_full  # nothing could be stored meanwhile
+        filler.unlink()
+        wait_until(lambda: succeeded(sql) == total, 240, "every job after the storage outage")
+        result = counts(sql)
+        sql.execute("SELECT outputs FROM job_queue WHERE status = 'succeeded'")
+        missing = sum(1 for (outputs,) in sql.fetchall() for o in outputs
+                      if not (disk.path / o["key"]).is_file() or (disk.path / o["key"]).stat().st_size != o["size"])
+        sql.execute("SELECT count(*) FROM job_logs WHERE event = 'outage' AND details ->> 'dependency' = 'storage'")
+        outage_events = int(sql.fetchone()[0])
+        assert worker.stop(timeout=15) == 0
+    record_figure("storage read-only 30 s then full 20 s, 800 jobs",
+                  f"{result}; outputs missing: {missing}; outage events: {outage_events}")
+    assert result["failed"] == 0 and result["succeeded"] == total and result["attempts_spent_on_outages"] == 0
+    assert missing == 0 and outage_events >= 1

@@ -3,6 +3,7 @@ once remounted read-only (as root, chmod stops nothing). Skipped where mounting 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -31,15 +32,15 @@ class SmallDisk:
         assert result.returncode == 0, result.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A 64 KiB tmpfs under tmp_path, unmounted in teardown (also when the test failed)."""
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str = SIZE) -> Iterator[SmallDisk]:
+    """A tmpfs of `size` at path (created), unmounted on the way out (also when the test failed); skips the test
+    where mounting is not allowed."""
     if shutil.which("mount") is None or shutil.which("umount") is None:
         pytest.skip("no mount/umount here")
-    path = tmp_path / "small-disk"
-    path.mkdir()
+    path.mkdir(parents=True, exist_ok=True)
     disk = SmallDisk(path)
-    result = disk.mount("-t", "tmpfs", "-o", f"size={SIZE},mode=0755", "comfyq-test", str(path))
+    result = disk.mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "comfyq-test", str(path))
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
     try:
@@ -48,3 +49,10 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True, timeout=30)
         if unmounted.returncode != 0:  # something still holds it open: detach now, freed when released
             subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, timeout=30, check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 64 KiB tmpfs under tmp_path, unmounted in teardown (also when the test failed)."""
+    with mounted_tmpfs(tmp_path / "small-disk") as disk:
+        yield disk
