@@ -481,6 +481,23 @@ class Listener:
             self.close()
             raise
 
+    def notifications(self, timeout: float, wake_fds: Sequence[int] = ()) -> list[tuple[str, str]]:
+        """Block up to timeout seconds; returns the (channel, payload) of every notification that arrived, for
+        listeners that need to know which job a notification names (a cancel)."""
+        try:
+            conn = self._connect()
+            if not conn.notifies:
+                ready, _, _ = select.select([conn, *wake_fds], [], [], max(0.0, timeout))
+                if conn in ready:
+                    with _mapped_errors():
+                        conn.poll()
+            received = [(n.channel, n.payload) for n in conn.notifies]
+            conn.notifies.clear()
+            return received
+        except DatabaseUnavailable:
+            self.close()
+            raise
+
     def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):

@@ -22,6 +22,7 @@ from typing import Any
 
 from comfyq_worker.attempt import Attempt
 from comfyq_worker.callbacks import CallbackSender
+from comfyq_worker.cancel_listener import CancelListener
 from comfyq_worker.comfy_client import ComfyClient
 from comfyq_worker.comfy_socket import ComfySocket
 from comfyq_worker.finisher import Finisher
@@ -107,6 +108,7 @@ class Worker:
         self.socket = ComfySocket(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
                                   on_event=self.wakeup.wake, on_reachable=self._socket_reachable)
         self.progress = ProgressWriter(self.queue, settings.progress_min_interval_seconds)
+        self.cancels = CancelListener(db, self.maintenance.flag_cancel)
         pipeline_comfy = comfy()
 
         def localize(graph: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +204,7 @@ class Worker:
         self.maintenance.start()
         self.socket.start()
         self.progress.start()
+        self.cancels.start()
         self.pipeline.check_comfyui()
         publisher = ObjectInfoPublisher.from_settings(self.settings, self.db, self.worker_id).start()
         if self.settings.metrics_port is not None:
@@ -317,6 +320,7 @@ class Worker:
         if left and not self.forced:
             log.warning("%d attempts were not recorded", len(left), extra={"action": "shutdown"})
         self.progress.close()
+        self.cancels.close()
         self.callbacks.close(timeout=1 if self.forced else 10)
         self.socket.close()
         waiter.close()

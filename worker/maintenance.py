@@ -83,6 +83,15 @@ class Maintenance:
             if self._held.get(attempt.job.id) is attempt:
                 del self._held[attempt.job.id]
 
+    def flag_cancel(self, job_id: int) -> None:
+        """A cancel heard through NOTIFY: raise the flag of the attempt we hold for that job, if any."""
+        with self._lock:
+            attempt = self._held.get(job_id)
+        if attempt is not None and not attempt.cancel_requested.is_set():
+            attempt.cancel_requested.set()
+            log.info("job %s: cancel requested", job_id, extra={"action": "cancel_heard", "job_id": job_id})
+            self.on_flag()
+
     def held(self) -> list[Attempt]:
         with self._lock:
             return list(self._held.values())

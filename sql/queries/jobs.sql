@@ -5,6 +5,10 @@
 -- Idle workers sleep on this channel; the triggers in 0001_initial.sql notify it.
 LISTEN comfyq_jobs;
 
+-- name: listen_cancels
+-- Each worker hears cancels of running jobs at once (the trigger in 0011_outages.sql); the payload is the job id.
+LISTEN comfyq_cancel;
+
 -- name: ping
 SELECT 1;
 
@@ -163,7 +167,8 @@ WITH upd AS (
 SELECT id, 'canceled' AS status FROM upd;
 
 -- name: cancel_job
--- A queued job is canceled at once; a running one is flagged and its worker stops it at the next heartbeat.
+-- A queued job is canceled at once; a running one is flagged, and its worker hears it through NOTIFY
+-- comfyq_cancel (trigger in 0011_outages.sql) and stops the prompt; its heartbeat carries the flag too.
 WITH prev AS (
     SELECT id, status, updated_at FROM job_queue
     WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'running')

@@ -1,0 +1,55 @@
+"""Hears cancels of running jobs the moment the API writes them (LISTEN comfyq_cancel, one connection of its
+own), so a job waiting in ComfyUI's queue is removed before it starts and a running one is interrupted at once
+rather than at the next heartbeat, which stays the fallback while this connection is down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from comfyq.db import Database, Listener
+from comfyq.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = 2.0
+WAIT_SLICE_SECONDS = 1.0
+
+
+class CancelListener:
+    """Owns its LISTEN connection and thread; calls on_cancel(job_id) for every cancel it hears."""
+
+    def __init__(self, db: Database, on_cancel: Callable[[int], None]) -> None:
+        self.db = db
+        self.on_cancel = on_cancel
+        self._listener: Listener | None = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cancel-listener", daemon=True)
+
+    def start(self) -> CancelListener:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=WAIT_SLICE_SECONDS + 1)
+
+    def _run(self) -> None:
+        listener = self.db.listener("listen_cancels")
+        try:
+            while not self._closing.is_set():
+                try:
+                    received = listener.notifications(WAIT_SLICE_SECONDS)
+                except DatabaseUnavailable as exc:
+                    log.debug("cancel listener: %s", exc)
+                    self._closing.wait(RECONNECT_SECONDS)
+                    continue
+                for _channel, payload in received:
+                    try:
+                        job_id = int(payload)
+                    except ValueError:
+                        continue
+                    self.on_cancel(job_id)
+        finally:
+            listener.close()
