@@ -94,7 +94,7 @@ def test_sigkilled_worker_loses_its_lease_and_another_finishes(backend: Backend,
 
 
 def test_retries_back_off_then_fail(backend: Backend, stack: Stack, db: Database) -> None:
-    stack.comfy_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    stack.standin("--fail", "oom")  # out of memory every time: the job's own transient failure
     queue = backend.queue(db)
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH, max_attempts=4))["id"]
     stack.worker("w1", retry_base_seconds="0.3", **backend.env())
