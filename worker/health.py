@@ -20,6 +20,8 @@ DATABASE = "database"
 STORAGE = "storage"
 REDIS = "redis"
 DEPENDENCIES = (COMFYUI, DATABASE, STORAGE, REDIS)
+# Claims wait for these. Redis is only shown: while it is down the transport claims through Postgres.
+GATING = (COMFYUI, DATABASE, STORAGE)
 
 
 @dataclass
@@ -96,8 +98,9 @@ class DependencyHealth:
             return self._states[name].up
 
     def all_up(self) -> bool:
+        """Every dependency that claims wait for is up."""
         with self._lock:
-            return all(state.up for state in self._states.values())
+            return all(self._states[name].up for name in GATING)
 
     def down_names(self) -> list[str]:
         with self._lock:
@@ -112,7 +115,7 @@ class DependencyHealth:
     def seconds_to_next_probe(self) -> float | None:
         """Until the earliest probe of a down dependency; None when everything is up."""
         with self._lock:
-            due = [s.next_probe_at for s in self._states.values() if not s.up]
+            due = [self._states[name].next_probe_at for name in GATING if not self._states[name].up]
         return None if not due else max(0.0, min(due) - self.clock())
 
     def down_for(self, name: str) -> float:

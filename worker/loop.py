@@ -26,7 +26,7 @@ from comfyq_worker.cancel_listener import CancelListener
 from comfyq_worker.comfy_client import ComfyClient
 from comfyq_worker.comfy_socket import ComfySocket
 from comfyq_worker.finisher import Finisher
-from comfyq_worker.health import COMFYUI, DATABASE, DependencyHealth
+from comfyq_worker.health import COMFYUI, DATABASE, REDIS, DependencyHealth
 from comfyq_worker.input_images import localize_images
 from comfyq_worker.maintenance import Maintenance
 from comfyq_worker.metrics import WorkerMetrics
@@ -109,6 +109,7 @@ class Worker:
                                   on_event=self.wakeup.wake, on_reachable=self._socket_reachable)
         self.progress = ProgressWriter(self.queue, settings.progress_min_interval_seconds)
         self.cancels = CancelListener(db, self.maintenance.flag_cancel)
+        self.queue.transport.on_health_change(self._redis_changed)
         pipeline_comfy = comfy()
 
         def localize(graph: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +170,13 @@ class Worker:
             self.maintenance.heartbeat_soon()
         self._claim_soon.set()
         self.wakeup.wake()
+
+    def _redis_changed(self, up: bool) -> None:
+        """The Redis transport noticed Redis go or come back (it claims through Postgres meanwhile)."""
+        if up:
+            self.health.up(REDIS)
+        else:
+            self.health.down(REDIS, "Redis does not answer; claiming through Postgres")
 
     def _socket_reachable(self, ok: bool, error: str) -> None:
         """A refused WebSocket is evidence that ComfyUI is down; that it is back is for HTTP probes to say (a

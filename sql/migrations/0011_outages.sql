@@ -26,3 +26,29 @@ CREATE TRIGGER job_queue_notify_cancel
     AFTER UPDATE OF cancel_requested ON job_queue
     FOR EACH ROW WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested AND NEW.status = 'running')
     EXECUTE FUNCTION comfyq_notify_cancel();
+
+-- The Workers dashboard shows what each worker sees down (a new last column: CREATE OR REPLACE keeps the rest).
+CREATE OR REPLACE VIEW stats_workers AS
+SELECT w.id AS worker_id,
+       w.host,
+       w.pid,
+       w.comfyui_url,
+       w.status,
+       CASE WHEN w.status = 'stopped' THEN 'stopped'
+            WHEN w.heartbeat_at > now() - interval '30 seconds' THEN w.status
+            ELSE 'silent' END AS state,
+       (w.status <> 'stopped' AND w.heartbeat_at > now() - interval '30 seconds') AS alive,
+       w.started_at,
+       w.heartbeat_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_seconds,
+       w.stopped_at,
+       w.jobs_done,
+       (SELECT count(*) FROM job_queue r WHERE r.status = 'running' AND r.worker_id = w.id) AS running_jobs,
+       w.current_job_id,
+       coalesce(j.workflow, CASE WHEN j.id IS NOT NULL THEN '(raw graph)' END) AS current_workflow,
+       j.progress AS current_progress,
+       j.current_node,
+       extract(epoch FROM now() - j.claimed_at)::float8 AS current_job_seconds,
+       array_to_string(w.dependencies_down, ', ') AS dependencies_down
+FROM workers w
+LEFT JOIN job_queue j ON j.id = w.current_job_id AND j.status = 'running';
