@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     progress_min_interval_seconds: float = Field(default=0.5, ge=0)
     # A prompt with no event for this long is looked up in /history and /queue, whatever the socket says.
     history_poll_seconds: float = Field(default=2.0, gt=0)
+    # Hear cancels at once through LISTEN comfyq_cancel; off behind a pooler without LISTEN (PgBouncer in transaction
+    # mode): cancels then arrive with the next heartbeat.
+    cancel_listen: bool = True
 
     # Outages of what the worker depends on (docs/operations.md, "Outages"). An outage spends no attempt: the
     # worker stops claiming, probes again with jittered backoff between these bounds, and resumes by itself.

@@ -108,7 +108,7 @@ class Worker:
         self.socket = ComfySocket(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
                                   on_event=self.wakeup.wake, on_reachable=self._socket_reachable)
         self.progress = ProgressWriter(self.queue, settings.progress_min_interval_seconds)
-        self.cancels = CancelListener(db, self.maintenance.flag_cancel)
+        self.cancels = CancelListener(db, self.maintenance.flag_cancel) if settings.cancel_listen else None
         self.queue.transport.on_health_change(self._redis_changed)
         pipeline_comfy = comfy()
 
@@ -212,7 +212,8 @@ class Worker:
         self.maintenance.start()
         self.socket.start()
         self.progress.start()
-        self.cancels.start()
+        if self.cancels is not None:
+            self.cancels.start()
         self.pipeline.check_comfyui()
         publisher = ObjectInfoPublisher.from_settings(self.settings, self.db, self.worker_id).start()
         if self.settings.metrics_port is not None:
@@ -328,7 +329,8 @@ class Worker:
         if left and not self.forced:
             log.warning("%d attempts were not recorded", len(left), extra={"action": "shutdown"})
         self.progress.close()
-        self.cancels.close()
+        if self.cancels is not None:
+            self.cancels.close()
         self.callbacks.close(timeout=1 if self.forced else 10)
         self.socket.close()
         waiter.close()
