@@ -8,8 +8,6 @@ The database is an embedded server of this test's own (in tmp_path), never the s
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +19,11 @@ import pytest
 import requests
 
 from comfyq import embedded
-from comfyq.db import Database, connect_once
-from comfyq.migrate import migrate
+from comfyq.db import connect_once
 from comfyq.processes import ManagedProcess
 from comfyq.stack import start_api
-from tests.conftest import SQL_DIR
 from tests.e2e_support import TINY_GRAPH, wait_until
+from tests.support.private_pg import private_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -48,24 +45,9 @@ class Answer:
 
 @pytest.fixture
 def own_postgres() -> Iterator[tuple[Path, str]]:
-    """A migrated embedded server of this test's own: (data dir, URL). Stopped and removed in teardown.
-
-    Not under tmp_path: as root the server runs as another user, who must traverse the parents of its data
-    dir, and every pytest session that starts on the machine chmods /tmp/pytest-of-root back to 0700, so a
-    restart there fails whenever another session began in between."""
-    base = Path(tempfile.mkdtemp(prefix="comfyq-outage-"))
-    data_dir = base / "pg"
-    try:
-        url = embedded.start(data_dir)
-        try:
-            db = Database(url, SQL_DIR)
-            migrate(db, SQL_DIR / "migrations")
-            db.close()
-            yield data_dir, url
-        finally:
-            embedded.stop(data_dir)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    """A migrated cluster of this test's own: (data dir, URL), stopped and removed in teardown."""
+    with private_postgres() as pg:
+        yield pg.data_dir, pg.url
 
 
 class Posters:
