@@ -14,7 +14,7 @@ import yaml
 
 from comfyq.settings import PROJECT_ROOT
 
-SCHEMA = PROJECT_ROOT.parent / "shared" / "schemas" / "compose-spec.json"  # shared/ lies beside the repo
+SCHEMA = PROJECT_ROOT / "tests" / "fixtures" / "compose" / "compose-spec.json"
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -120,7 +120,7 @@ def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
 
 
 def test_schema_file_is_there() -> None:
-    assert Path(SCHEMA).exists(), f"{SCHEMA} is missing (shared/ must lie beside the repository)"
+    assert Path(SCHEMA).exists(), f"{SCHEMA} is missing"
 
 
 def test_compose_imports_and_publishes_every_non_example_workflow(compose: dict[str, Any]) -> None:

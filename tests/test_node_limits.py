@@ -1,6 +1,6 @@
 """comfyq.node_limits against real ComfyUI: every validation error recorded from ComfyUI 0.3.64
-(shared/comfyui/captures/errors.json) is replayed through validate_graph with the real /object_info entries
-(shared/comfyui/object_info_core.json), and the verdict must be ComfyUI's, field by field."""
+(tests/fixtures/comfyui/captures/errors.json) is replayed through validate_graph with the real /object_info entries
+(tests/fixtures/comfyui/object_info_core.json), and the verdict must be ComfyUI's, field by field."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from comfyq.node_limits import input_limits, short_messages, types_compatible, v
 from comfyq.settings import PROJECT_ROOT
 from comfyq.workflows import load_workflows
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "comfyui"
+SHARED = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 
 # Validation errors the door cannot reproduce, with the reason. LoadImage checks that the file exists in
 # ComfyUI's input folder (its own VALIDATE_INPUTS); the worker uploads input images just before it submits.

@@ -22,7 +22,7 @@ from comfyq.workflows import load_workflows
 
 TOKEN = "test-token-workflows"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "comfyui"
+SHARED = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"]
 
 

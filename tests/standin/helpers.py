@@ -13,7 +13,7 @@ from typing import Any
 import requests
 import websocket
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "comfyui"  # shared/ lies beside the clone
+SHARED = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui"  # recorded from a real ComfyUI
 CAPTURES = SHARED / "captures"
 WORKFLOWS = SHARED / "workflows"
 
