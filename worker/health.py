@@ -22,6 +22,8 @@ REDIS = "redis"
 DEPENDENCIES = (COMFYUI, DATABASE, STORAGE, REDIS)
 # Claims wait for these. Redis is only shown: while it is down the transport claims through Postgres.
 GATING = (COMFYUI, DATABASE, STORAGE)
+# The main loop probes these on their schedule; storage is probed by the finisher's own tries to store.
+PROBED = (COMFYUI, DATABASE)
 
 
 @dataclass
@@ -113,9 +115,9 @@ class DependencyHealth:
             return not state.up and self.clock() >= state.next_probe_at
 
     def seconds_to_next_probe(self) -> float | None:
-        """Until the earliest probe of a down dependency; None when everything is up."""
+        """Until the earliest probe the main loop makes of a down dependency; None when none is due."""
         with self._lock:
-            due = [self._states[name].next_probe_at for name in GATING if not self._states[name].up]
+            due = [self._states[name].next_probe_at for name in PROBED if not self._states[name].up]
         return None if not due else max(0.0, min(due) - self.clock())
 
     def down_for(self, name: str) -> float:
