@@ -32,7 +32,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -154,7 +154,10 @@ def postgres_env(database_url: str) -> dict[str, str]:
     parts = urlsplit(database_url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise N8nError(f"not a PostgreSQL URL: {parts.scheme}://...")
-    return {"COMFYQ_PGHOST": parts.hostname or "127.0.0.1", "COMFYQ_PGPORT": str(parts.port or 5432),
+    query = parse_qs(parts.query)  # libpq's ?host=/socket/dir&port=N (the embedded server's URL) wins, as in libpq
+    host = (query.get("host") or [parts.hostname or "127.0.0.1"])[0]  # a path is a socket folder to node-postgres
+    port = (query.get("port") or [str(parts.port or 5432)])[0]
+    return {"COMFYQ_PGHOST": host, "COMFYQ_PGPORT": port,
             "COMFYQ_PGDATABASE": unquote(parts.path.lstrip("/")) or "postgres",
             "COMFYQ_PGUSER": unquote(parts.username or "postgres"), "COMFYQ_PGPASSWORD": unquote(parts.password or "")}
 
