@@ -119,7 +119,3 @@ class JobTimedOut(TransientFailure):
     """The attempt ran past its timeout and was interrupted."""
 
     error_type = "timeout"
-
-
-class JobCanceled(ComfyqError):
-    """The job was canceled while it ran; the worker confirms it as canceled."""

@@ -254,10 +254,6 @@ SELECT * FROM job_queue WHERE id = %(id)s AND tenant = %(tenant)s;
 SELECT event, from_status, to_status, attempt, worker_id, message, details, duration_ms, created_at
 FROM job_logs WHERE job_id = %(id)s ORDER BY id;
 
--- name: list_jobs_by_ids
-SELECT id, status, priority, workflow, attempts, outputs, error, created_at, started_at, finished_at
-FROM job_queue WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
-
 -- name: count_jobs_by_status
 SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;
 
