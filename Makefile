@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help install demo test test-fast lint migrate worker api standin db-url db-stop clean
 
 help: ## List the targets with what they do
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {n++; name[n] = $$1; text[n] = $$2; \
+	  if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= n; i++) printf "  %s%-*s%s  %s\n", on, w, name[i], off, text[i]}' \
+	  $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,11 +99,11 @@ $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 bench-install: $(BENCH_STAMP) ## Create .bench-venv (comfyq + pgqueuer, procrastinate) and install wrk
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
 
-bench: bench-install ## Run the full benchmark suite (~20 min); writes docs/benchmarks.png and build/bench/
+bench: bench-install ## Run the full benchmark suite; writes docs/benchmarks.png and build/bench/ (timings: docs/benchmarks.md)
 	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.run --json build/bench/results.json \
 		--markdown build/bench/results.md --chart docs/benchmarks.png
 
-bench-quick: bench-install ## Run every benchmark in quick mode (< 3 min; what CI runs)
+bench-quick: bench-install ## Run every benchmark in quick mode (what CI runs)
 	DATABASE_URL="$(BENCH_DB)" $(BENCH_VENV)/bin/python -m bench.run --quick --json build/bench/quick.json \
 		--chart build/bench/quick.png
 
