@@ -26,6 +26,17 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+@contextlib.contextmanager
+def without_log_context() -> Iterator[None]:
+    """Lines about the whole process written while a job's block is open (a signal handler interrupts one) must
+    not carry that job's fields."""
+    token = _context.set(None)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_context.get() or {}).items():

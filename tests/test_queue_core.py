@@ -137,6 +137,17 @@ def test_release_does_not_count_an_attempt(queue: JobQueue) -> None:
     assert again is not None and again.id == job_id and again.attempt == 1
 
 
+def test_a_released_job_keeps_its_place_in_the_queue(queue: JobQueue) -> None:
+    """Handed back by no fault of its own, a job goes before the jobs that arrived after it."""
+    first = queue.enqueue(job())["id"]
+    claimed = queue.claim("w1")
+    assert claimed is not None and claimed.id == first
+    later = queue.enqueue(job())["id"]
+    assert queue.release(claimed.lease, "outage budget")
+    again = queue.claim("w2")
+    assert again is not None and again.id == first and later != first
+
+
 def test_rescue_fails_a_job_out_of_attempts(queue: JobQueue, sql: Any) -> None:
     job_id = queue.enqueue(job(max_attempts=1))["id"]
     assert queue.claim("w1") is not None

@@ -68,6 +68,7 @@ def test_partial_acceptance_fails_the_job_permanently(stack: Stack, queue: JobQu
     row = row_of(queue, job_id)
     assert row["status"] == "failed" and row["attempts"] == 1
     assert row["error"]["type"] == "validation_error" and "3" in row["error"]["details"]["node_errors"]
+    assert row["prompt_id"]  # ComfyUI accepted (part of) it under this id before it was taken back
 
 
 def chain(length: int) -> dict[str, Any]:

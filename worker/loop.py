@@ -37,6 +37,7 @@ from comfyq_worker.progress_writer import ProgressWriter
 from comfyq.db import Database
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
+from comfyq.logs import without_log_context
 from comfyq.netguard import AddressGuard
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
@@ -131,6 +132,10 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        with without_log_context():
+            self._signalled(signum)
+
+    def _signalled(self, signum: int) -> None:
         if not self.stopping:
             self.request_stop()
             log.info("signal %s: finishing the current job, then stopping (send again to release it now)",

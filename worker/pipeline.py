@@ -173,6 +173,7 @@ class Pipeline:
         """Submit a waiting attempt: prepare its graph once, record the prompt id, POST it. An outage leaves
         it WAITING (and marks the dependency down); the job's own failure ends it."""
         job = attempt.job
+        prompt_id: str | None = None
         try:
             self._delete_orphans()
             if attempt.graph is None:
@@ -201,6 +202,9 @@ class Pipeline:
             self.health.down(COMFYUI, exc)
             return
         except JobFailure as exc:
+            if prompt_id is not None:
+                attempt.prompt_id = prompt_id  # rejected by ComfyUI under this id: keep it for the logs
+                self._by_prompt.pop(prompt_id, None)
             attempt.end(Outcome.FAILED, failure=exc)
             return
         except Exception as exc:  # a bug must not strand a claimed job: fail this attempt, retried as usual
@@ -208,6 +212,7 @@ class Pipeline:
                           extra={"action": "hand_over_failed", "job_id": job.id})
             attempt.end(Outcome.FAILED, failure=TransientFailure(f"internal error: {exc.__class__.__name__}: {exc}"))
             return
+        assert prompt_id is not None
         attempt.handed_over(prompt_id)
         attempt.server_errors = 0
         self.health.up(COMFYUI)

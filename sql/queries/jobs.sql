@@ -132,10 +132,11 @@ WITH prev AS (
 SELECT id, status, attempts, run_at FROM upd;
 
 -- name: release_job
--- Shutdown hands an unfinished attempt back without counting it: the job did not fail, the worker left.
+-- Shutdown or an outage hands an unfinished attempt back without counting it: the job did not fail, the worker
+-- could not run it. It keeps its place in the queue (run_at, when it became eligible, is left as it was).
 WITH upd AS (
     UPDATE job_queue
-    SET status = 'queued', attempts = attempts - 1, run_at = now(), lease_expires_at = NULL,
+    SET status = 'queued', attempts = attempts - 1, run_at = least(run_at, now()), lease_expires_at = NULL,
         progress = 0, current_node = NULL, updated_at = now()
     WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
     RETURNING id, attempts, worker_id, claimed_at
