@@ -66,8 +66,9 @@ class DependencyHealth:
             state.failures += 1
             state.next_probe_at = now + self._delay(state.failures)
         if became_down:
-            log.warning("%s unavailable: %s (no claims until it is back)", name, error,
-                        extra={"action": "dependency_down", "dependency": name})
+            if name in GATING:  # Redis logs its own outage (and claims go on through Postgres)
+                log.warning("%s unavailable: %s (no claims until it is back)", name, error,
+                            extra={"action": "dependency_down", "dependency": name})
             self.on_change(name, False)
 
     def up(self, name: str) -> None:
@@ -78,8 +79,9 @@ class DependencyHealth:
                 return
             outage = self.clock() - (state.down_since or self.clock())
             state.up, state.down_since, state.failures, state.next_probe_at = True, None, 0, 0.0
-        log.info("%s is back after %.1fs", name, outage,
-                 extra={"action": "dependency_up", "dependency": name, "outage_seconds": round(outage, 1)})
+        if name in GATING:
+            log.info("%s is back after %.1fs", name, outage,
+                     extra={"action": "dependency_up", "dependency": name, "outage_seconds": round(outage, 1)})
         self.on_change(name, True)
 
     def probe_soon(self, name: str) -> None:
