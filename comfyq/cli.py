@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from comfyq.errors import ComfyqError
 from comfyq.logs import configure
-from comfyq.settings import PROJECT_ROOT, get_settings
+from comfyq.resources import gunicorn_config
+from comfyq.settings import get_settings
 
 log = logging.getLogger("comfyq")
 
@@ -40,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     """Run the API under gunicorn with the project's config (exec, so signals reach gunicorn directly)."""
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "webhook-api" / "gunicorn.conf.py"),
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config()),
             "--bind", args.bind, "comfyq_api.app:create_app()"]
     os.execv(argv[0], argv)
 

@@ -9,7 +9,17 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comfyq.resources import package_path
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _local_state() -> Path:
+    """Local state (the embedded database, demo logs, local outputs): ./var in a source checkout, else var/ under
+    the working directory (never inside site-packages)."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / "var"
+    return Path.cwd() / "var"
 
 
 class Settings(BaseSettings):
@@ -23,9 +33,9 @@ class Settings(BaseSettings):
     comfyui_url: str = Field(default="http://127.0.0.1:8188", validation_alias=AliasChoices("COMFYUI_URL"))
 
     # Where the project keeps its files.
-    sql_dir: Path = PROJECT_ROOT / "sql"
-    workflows_dir: Path = PROJECT_ROOT / "workflows"
-    data_dir: Path = PROJECT_ROOT / "var"
+    sql_dir: Path = Field(default_factory=lambda: package_path("comfyq_sql"))
+    workflows_dir: Path = Field(default_factory=lambda: package_path("comfyq_workflows"))
+    data_dir: Path = Field(default_factory=_local_state)
 
     # Database pool.
     db_pool_min: int = Field(default=1, ge=0)
@@ -81,7 +91,7 @@ class Settings(BaseSettings):
 
     # Storage: "local" writes under storage_dir; "s3" writes to an S3 API (MinIO, AWS, ...).
     storage_backend: str = "local"
-    storage_dir: Path = PROJECT_ROOT / "var" / "outputs"
+    storage_dir: Path = Field(default_factory=lambda: _local_state() / "outputs")
     s3_endpoint: str | None = None  # host:port or URL of the S3 API, e.g. minio:9000
     s3_access_key: str | None = None
     s3_secret_key: str | None = None

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from comfyq.processes import ManagedProcess
+from comfyq.resources import gunicorn_config
 from comfyq.settings import PROJECT_ROOT
 
 STANDIN_READY = r"comfyui-standin listening on (http://\S+)"
@@ -36,7 +37,7 @@ def start_standin(log_dir: Path, output_dir: Path, *, port: int = 0, args: tuple
 
 
 def start_api(log_dir: Path, env: Mapping[str, str], *, workers: int = 2) -> tuple[ManagedProcess, str]:
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "webhook-api" / "gunicorn.conf.py"),
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config()),
             "--bind", "127.0.0.1:0", "--workers", str(workers), "comfyq_api.app:create_app()"]
     proc = ManagedProcess("webhook-api", argv, env=_env(env), log_path=log_dir / "webhook-api.log",
                           cwd=PROJECT_ROOT)

@@ -1,0 +1,1 @@
+"""Job templates (a graph plus a manifest each), installed with comfyq as the package `comfyq_workflows`."""
