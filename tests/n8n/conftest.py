@@ -34,16 +34,6 @@ TENANT = "n8n"
 MONITOR_CRON = "*/2 * * * * *"  # every 2 s instead of every minute, so alert tests stay short
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Install the pinned n8n before any n8n test runs (outside the per-test timeout: a cold install takes
-    minutes). Fails the run loudly if the install fails; never skips."""
-    if any(item.get_closest_marker("n8n") for item in session.items) and not n8nctl.is_installed():
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("n8n/node_modules is missing or stale: installing the pinned n8n (minutes)...")
-        n8nctl.install()
-
-
 class Mailbox:
     """An aiosmtpd handler that keeps every message it receives."""
 
