@@ -100,7 +100,7 @@ def test_every_service_the_docs_name_exists(compose: dict[str, Any]) -> None:
 @pytest.mark.parametrize("dockerfile", ["webhook-api/Dockerfile", "worker/Dockerfile"])
 def test_dockerfiles_follow_the_conventions(dockerfile: str) -> None:
     text = (PROJECT_ROOT / dockerfile).read_text()
-    assert text.startswith("FROM python:3.11-slim\n")
+    assert re.match(r"FROM python:3\.11\.\d+-slim-bookworm\n", text)  # an exact version, never a floating tag
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text
