@@ -177,8 +177,12 @@ class LocalStorage:
         return StoredObject(key=key, size=len(data), content_type=content_type, location=str(path))
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
-        """Files on disk have no URL of their own."""
+        """Files on disk have no URL of their own (the API serves them: GET /jobs/{id}/outputs/{n})."""
         return None
+
+    def path_of(self, key: str) -> Path | None:
+        """The file holding a key, for the API to serve; None when the key would leave the folder."""
+        return self._inside(key)
 
     def delete(self, keys: list[str]) -> int:
         removed = 0

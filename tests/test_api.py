@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,41 @@ def test_outputs_in_s3_come_with_presigned_urls(db_url: str, s3_server: Any) -> 
     download = requests.get(output["url"], timeout=10)
     assert download.status_code == 200 and download.content == b"\x89PNG fake bytes"
     app.extensions["comfyq"].db.close()
+
+
+def test_local_outputs_are_served_by_the_api(db_url: str, tmp_path: Path) -> None:
+    """With local storage the job's `url` points at the API, which streams the file with its type, an ETag and
+    range support, to the job's own tenant only; `location` names the key, never the worker's disk."""
+    from comfyq.db import Database  # noqa: PLC0415
+    from comfyq.jobs import JobQueue, NewJob  # noqa: PLC0415
+    from comfyq.storage import LocalStorage  # noqa: PLC0415
+    from tests.conftest import SQL_DIR  # noqa: PLC0415
+
+    storage = LocalStorage(tmp_path / "outputs")
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    stored = storage.put("ns/1/1/out.png", data, "image/png")
+    db = Database(db_url, SQL_DIR)
+    queue = JobQueue(db)
+    job_id = queue.enqueue(NewJob(graph={"1": {"class_type": "X", "inputs": {}}}))["id"]
+    claimed = queue.claim("w")
+    assert claimed is not None and queue.complete(claimed.lease, [{**stored.to_record(), "filename": "out.png"}])
+    db.close()
+    app = create_app(Settings(database_url=db_url, api_token=TOKEN, storage_dir=tmp_path / "outputs"))
+    try:
+        client = app.test_client()
+        [output] = client.get(f"/jobs/{job_id}", headers=AUTH).get_json()["outputs"]
+        assert output["location"] == "local:ns/1/1/out.png" and str(tmp_path) not in str(output)
+        assert output["url"] == f"http://localhost/jobs/{job_id}/outputs/0"
+        whole = client.get(f"/jobs/{job_id}/outputs/0", headers=AUTH)
+        assert whole.status_code == 200 and whole.data == data and whole.mimetype == "image/png"
+        etag = whole.headers["ETag"]
+        assert client.get(f"/jobs/{job_id}/outputs/0", headers={**AUTH, "If-None-Match": etag}).status_code == 304
+        part = client.get(f"/jobs/{job_id}/outputs/0", headers={**AUTH, "Range": "bytes=8-15"})
+        assert part.status_code == 206 and part.data == data[8:16]
+        assert client.get(f"/jobs/{job_id}/outputs/1", headers=AUTH).status_code == 404
+        assert client.get(f"/jobs/{job_id}/outputs/0").status_code == 401
+        (tmp_path / "outputs" / "ns/1/1/out.png").unlink()  # removed behind the row's back
+        gone = client.get(f"/jobs/{job_id}/outputs/0", headers=AUTH)
+        assert gone.status_code == 404 and gone.get_json()["error"]["code"] == "output_missing"
+    finally:
+        app.extensions["comfyq"].db.close()

@@ -351,7 +351,9 @@ def test_documented_answers_by_example(app: Flask, db: Database, fuzz_headers: d
     queue.complete(claimed.lease, [{"key": f"{claimed.id}/1/a.png", "size": 3, "content_type": "image/png",
                                     "location": "/var/a.png", "node_id": "9", "filename": "a.png"}])
     twin = call("POST", "/jobs", 200, auth, body=job).json()
-    assert twin["deduplicated"] is True and twin["outputs"][0]["url"] is None  # local storage: no URL
+    assert twin["deduplicated"] is True
+    assert twin["outputs"][0]["url"].endswith(f"/jobs/{twin['id']}/outputs/0")  # local storage: served by the API
+    assert twin["outputs"][0]["location"] == f"local:{claimed.id}/1/a.png"  # never a path on a host
     call("GET", "/jobs/{job_id}", 200, auth, path_parameters={"job_id": claimed.id})
     call("POST", "/jobs/{job_id}/cancel", 409, auth, path_parameters={"job_id": claimed.id})
     call("POST", "/jobs/{job_id}/retry", 409, auth, path_parameters={"job_id": claimed.id + 1})

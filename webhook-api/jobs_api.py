@@ -22,12 +22,13 @@ from comfyq_api.metrics import count_submitted
 from comfyq_api.node_check import node_limit_problems
 from comfyq_api.schemas import BatchRequest, JobRequest
 from comfyq_api.services import services
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
 from comfyq.settings import Settings
-from comfyq.storage import STORAGE_ERRORS, Storage
+from comfyq.storage import STORAGE_ERRORS, LocalStorage, Storage
 from comfyq.workflows import ParamError
 
 log = logging.getLogger(__name__)
@@ -177,16 +178,27 @@ def _signed(storage: Storage, key: str, expires: int) -> str | None:
 
 
 def present(row: dict[str, Any]) -> dict[str, Any]:
-    """The public view of a job row; stored outputs get a download URL where the backend can sign one."""
+    """The public view of a job row. Every stored output gets a download URL: the backend's signed one, or the
+    API's own route for backends without URLs (local storage); `location` never shows a path on a host."""
     out = {key: row.get(key) for key in PUBLIC_FIELDS}
     storage = services().storage
     expires = _settings().s3_presign_seconds
-    out["outputs"] = [{**output, "url": _signed(storage, output["key"], expires)}
-                      for output in row.get("outputs") or []]
+    out["outputs"] = [{**output, "location": _public_location(output),
+                       "url": _signed(storage, output["key"], expires) or url_for(
+                           "jobs.get_output", job_id=row["id"], index=index, _external=True)}
+                      for index, output in enumerate(row.get("outputs") or [])]
     for key in TIME_FIELDS:
         value = row.get(key)
         out[key] = value.isoformat() if value is not None else None
     return out
+
+
+def _public_location(output: dict[str, Any]) -> str | None:
+    """s3://bucket/key as stored; a file on the worker's disk is named by its key only (local:<key>)."""
+    location = output.get("location")
+    if isinstance(location, str) and "://" not in location:
+        return f"local:{output.get('key')}"
+    return location
 
 
 def _location(job_id: int) -> str:
@@ -287,6 +299,28 @@ def get_job(job_id: int) -> Response:
     if row is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
     return jsonify(present(row))
+
+
+@bp.get("/jobs/<int:job_id>/outputs/<int:index>")
+def get_output(job_id: int, index: int) -> ResponseReturnValue:
+    """One stored output of one of the caller's jobs: streamed from local storage (Content-Type, ETag,
+    Last-Modified, range requests), or a redirect to a short-lived signed URL of the object storage."""
+    caller = require_token()
+    row = services().queue.get(job_id, caller.tenant)
+    outputs = (row or {}).get("outputs") or []
+    if row is None or not 0 <= index < len(outputs):
+        raise ApiError(404, "not_found", f"job {job_id} has no output {index}")
+    output = outputs[index]
+    storage = services().storage
+    signed = _signed(storage, output["key"], min(300, _settings().s3_presign_seconds))
+    if signed is not None:
+        return redirect(signed, code=302)
+    path = storage.path_of(output["key"]) if isinstance(storage, LocalStorage) else None
+    if path is None or not path.is_file():
+        raise ApiError(404, "output_missing", f"output {index} of job {job_id} is not in storage (removed by "
+                       "retention, or this API does not share the workers' storage folder)")
+    return send_file(path, mimetype=output.get("content_type") or "application/octet-stream", conditional=True,
+                     etag=True, max_age=0, download_name=output.get("filename") or path.name)
 
 
 def _encode_cursor(job_id: int) -> str:

@@ -76,6 +76,7 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
         429: ["rate_limited", "quota_exceeded"]},
     ("get", "/jobs"): {**AUTH_ERRORS, 400: ["invalid_query", "invalid_cursor"]},
     ("get", "/jobs/{job_id}"): {**AUTH_ERRORS, 404: ["not_found"]},
+    ("get", "/jobs/{job_id}/outputs/{index}"): {**AUTH_ERRORS, 404: ["not_found", "output_missing"]},
     ("post", "/jobs/{job_id}/cancel"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_cancelable"],
                                         429: ["rate_limited"]},
     ("post", "/jobs/{job_id}/retry"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
@@ -157,12 +158,15 @@ def _response_schemas() -> dict[str, Any]:
                         "installation ids)."},
                 "size": {"type": "integer", "minimum": 0, "description": "Bytes."},
                 "content_type": {"type": "string"},
-                "location": {"type": "string", "description": "`s3://bucket/key` or a local file path."},
+                "location": {"type": "string", "description": "`s3://bucket/key`, or `local:{key}` for the local "
+                             "backend (never a path on a host)."},
                 "node_id": {"type": "string", "description": "The graph node that produced it."},
                 "filename": {"type": "string", "description": "The file name ComfyUI gave it."},
-                "url": _nullable({"type": "string"}) | {
-                    "description": "A presigned download URL (S3 backend), valid for COMFYQ_S3_PRESIGN_SECONDS; "
-                                   "null with the local backend or when it cannot be signed right now."}}},
+                "url": {"type": "string",
+                        "description": "Where to download it: a presigned URL of the object storage, valid for "
+                                       "COMFYQ_S3_PRESIGN_SECONDS; with the local backend (or when the storage "
+                                       "cannot sign right now) the API's own `/jobs/{id}/outputs/{n}`, which needs "
+                                       "the bearer token."}}},
         "JobError": {
             "type": "object", "required": ["type", "message", "retryable"],
             "description": "Why the last attempt failed (or why the job expired).",
@@ -412,6 +416,22 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "description": "`progress` and `current_node` move while it runs; outputs come with download "
                                "URLs where the storage backend can sign them.",
                 "parameters": [job_id], "responses": {"200": _json(_ref("Job"), "The job.")}}},
+        "/jobs/{job_id}/outputs/{index}": {
+            "get": {
+                "operationId": "getJobOutput", "tags": ["jobs"], "summary": "Download one output of a job",
+                "description": "The n-th entry of the job's `outputs` (from 0). Local storage: the file itself, "
+                               "with its Content-Type, an ETag, Last-Modified and range requests (206). Object "
+                               "storage: a 302 to a signed URL valid for at most 5 minutes.",
+                "parameters": [job_id, {"name": "index", "in": "path", "required": True,
+                                        "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {
+                    "200": {"description": "The output's bytes.",
+                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "The requested byte range.",
+                            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                    "302": {"description": "A signed URL of the object storage.",
+                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                    "304": {"description": "Not modified (If-None-Match matched the ETag)."}}}},
         "/jobs/{job_id}/cancel": {
             "post": {
                 "operationId": "cancelJob", "tags": ["jobs"], "summary": "Cancel a queued or running job",
