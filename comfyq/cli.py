@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from comfyq.errors import ComfyqError
 from comfyq.logs import configure
@@ -85,6 +86,33 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     sys.stderr.write(f"token {created.row['id']} ({created.row['token_prefix']}...) for tenant "
                      f"{created.row['tenant']}, role {created.row['role']}: store it now, it is not shown again\n")
     return 0
+
+
+def cmd_token_import(args: argparse.Namespace) -> int:
+    """Store the secret held in an environment variable (never on the command line, where `ps` shows it)."""
+    from comfyq import tokens  # noqa: PLC0415
+
+    secret = os.environ.get(args.from_env, "")
+    if not secret:
+        sys.stderr.write(f"comfyq: {args.from_env} is empty or unset\n")
+        return 2
+    db = _db()
+    try:
+        row, created = tokens.import_token(db, secret, args.tenant, args.role, args.description)
+    except ValueError as exc:
+        sys.stderr.write(f"comfyq: {args.from_env}: {exc}\n")
+        return 2
+    finally:
+        db.close()
+    sys.stderr.write(f"token {row['token_prefix']}... for tenant {row['tenant']}, role {row['role']}: "
+                     f"{'stored' if created else 'already stored'}\n")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from comfyq.envfile import main as init_main  # noqa: PLC0415
+
+    return init_main(["--env-file", str(args.env_file), "--example", str(args.example)])
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
@@ -173,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--max-jobs", type=int, default=None)
     worker.set_defaults(func=cmd_worker)
+    init = sub.add_parser("init", help="write the compose stack's .env with fresh random secrets")
+    init.add_argument("--env-file", type=Path, default=Path(".env"), help="the file to write (default: ./.env)")
+    init.add_argument("--example", type=Path, default=Path(".env.example"), help="the template (./.env.example)")
+    init.set_defaults(func=cmd_init)
     api = sub.add_parser("api", help="run the HTTP API under gunicorn")
     api.add_argument("--bind", default="127.0.0.1:8000")
     api.set_defaults(func=cmd_api)
@@ -186,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["submitter", "admin"], default="submitter")
     create.add_argument("--description", default="")
     create.set_defaults(func=cmd_token_create)
+    imported = token.add_parser("import", help="store a token generated elsewhere (comfyq init), once")
+    imported.add_argument("--from-env", required=True, metavar="VAR",
+                          help="environment variable holding the secret (kept off the command line)")
+    imported.add_argument("--tenant", required=True, help="tenant the token belongs to (created if missing)")
+    imported.add_argument("--role", choices=["submitter", "admin"], default="submitter", help="what it may do")
+    imported.add_argument("--description", default="", help="a note shown in `comfyq token list`")
+    imported.set_defaults(func=cmd_token_import)
     listing = token.add_parser("list", help="list tokens (never their secrets)")
     listing.add_argument("--tenant")
     listing.set_defaults(func=cmd_token_list)

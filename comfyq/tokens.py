@@ -39,6 +39,27 @@ def create(db: Database, tenant: str, role: str, description: str = "") -> NewTo
     return NewToken(token=token, row=row)
 
 
+class TokenConflict(ValueError):
+    """The secret is already stored for another tenant or role, or was revoked."""
+
+
+def import_token(db: Database, token: str, tenant: str, role: str, description: str = "") -> tuple[Row, bool]:
+    """Store a secret made elsewhere (comfyq init) with this tenant and role, once; returns (row, created).
+    Idempotent, so the compose stack's one-shot setup can run at every start."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not token.startswith("cq_") or len(token) < 24:
+        raise ValueError("not a comfyq token (cq_ followed by at least 21 random characters)")
+    db.execute("tenant_ensure", {"name": tenant})
+    row = db.fetch_one("token_import", {"tenant": tenant, "role": role, "token_hash": hash_token(token),
+                                        "token_prefix": token[:PREFIX_LENGTH], "description": description})
+    assert row is not None
+    if (row["tenant"], row["role"]) != (tenant, role) or row["revoked_at"] is not None:
+        raise TokenConflict(f"token {row['token_prefix']}... is stored for tenant {row['tenant']}, role "
+                            f"{row['role']}{' (revoked)' if row['revoked_at'] else ''}")
+    return row, bool(row["created"])
+
+
 def list_tokens(db: Database, tenant: str | None = None) -> list[Row]:
     return db.fetch_all("token_list", {"tenant": tenant})
 

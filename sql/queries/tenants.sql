@@ -65,3 +65,17 @@ INSERT INTO rate_buckets (tenant, tokens, updated_at, allowed)
 VALUES (%(tenant)s, greatest(0, %(burst)s::float8 - %(cost)s), clock_timestamp(), %(burst)s >= %(cost)s)
 ON CONFLICT (tenant) DO NOTHING
 RETURNING allowed, 0::float8 AS retry_after;
+
+-- name: token_import
+-- A token whose secret was generated elsewhere (comfyq init for the compose stack): stored hashed once; a second
+-- import of the same secret changes nothing and returns the row that is there, so the caller can check it.
+WITH inserted AS (
+    INSERT INTO api_tokens (tenant, role, token_hash, token_prefix, description)
+    VALUES (%(tenant)s, %(role)s, %(token_hash)s, %(token_prefix)s, %(description)s)
+    ON CONFLICT (token_hash) DO NOTHING
+    RETURNING id, tenant, role, token_prefix, revoked_at, true AS created
+)
+SELECT * FROM inserted
+UNION ALL
+SELECT id, tenant, role, token_prefix, revoked_at, false AS created FROM api_tokens
+WHERE token_hash = %(token_hash)s AND NOT EXISTS (SELECT 1 FROM inserted);
