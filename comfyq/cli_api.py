@@ -127,6 +127,22 @@ def wait_for(api: ApiClient, ids: list[int], timeout: float, *, quiet: bool) -> 
         time.sleep(0.5)
 
 
+def describe_job(job: dict[str, Any]) -> str:
+    """One job for people: its fields as `name  value` lines, then its outputs as a table."""
+    fields = ["id", "status", "workflow", "priority", "attempts", "max_attempts", "progress", "current_node",
+              "created_at", "started_at", "finished_at"]
+    width = max(len(name) for name in fields)
+    lines = [f"{name.ljust(width)}  {'' if job.get(name) is None else job.get(name)}" for name in fields]
+    error = job.get("error")
+    if error:
+        lines.append(f"{'error'.ljust(width)}  {error.get('type')}: {error.get('message')}")
+    outputs = [{"n": n, "filename": o.get("filename"), "size": o.get("size"), "url": o.get("url")}
+               for n, o in enumerate(job.get("outputs") or [])]
+    if outputs:
+        lines += ["", render_table(outputs, ["n", "filename", "size", "url"])]
+    return "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         stats = client(args).stats()
@@ -149,7 +165,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     try:
         if args.id is not None:
             job = api.job(args.id)
-            emit(args, job, json.dumps(job, indent=2, default=str))
+            emit(args, job, describe_job(job))
             return EXIT_OK
         jobs = []
         for job in api.jobs(status=args.status, workflow=args.workflow, limit=min(args.limit, 500)):
@@ -193,7 +209,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     submit = sub.add_parser("submit", parents=[common], help="submit a file of prompts (one per line) or JSONL jobs",
                             description="Exit codes: 0 all submitted (with --wait: all succeeded), 1 some jobs "
                             "did not succeed, 2 bad input, 3 the API refused or could not be reached.")
-    submit.add_argument("file")
+    submit.add_argument("file", help="a file of prompts, one per line, or of JSONL job objects")
     submit.add_argument("--workflow", default="txt2img", help="template for plain-text lines (default txt2img)")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="extra template param for plain-text lines, e.g. --param steps=30")
@@ -208,14 +224,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         func=cmd_status)
 
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or show one with its id")
-    jobs.add_argument("id", nargs="?", type=int)
-    jobs.add_argument("--status")
-    jobs.add_argument("--workflow")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("id", nargs="?", type=int, help="one job's id (omit to list jobs)")
+    jobs.add_argument("--status", help="only jobs in this status")
+    jobs.add_argument("--workflow", help="only jobs of this template")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     jobs.set_defaults(func=cmd_jobs)
 
     for name, func, text in (("cancel", cmd_cancel, "cancel a job (queued: at once; running: interrupted)"),
                              ("retry", cmd_retry, "put a failed, canceled or expired job back in the queue")):
         action = sub.add_parser(name, parents=[common], help=text)
-        action.add_argument("id", type=int)
+        action.add_argument("id", type=int, help="the job's id")
         action.set_defaults(func=func)

@@ -4,6 +4,7 @@ wheel, in a data folder of the project's own, so a fresh machine needs no databa
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,3 +32,19 @@ def stop(data_dir: Path) -> None:
     server.cleanup_mode = "stop"
     server._cleanup()  # the package's own shutdown path: pg_ctl stop on this data folder
     log.info("embedded postgres stopped", extra={"action": "embedded_stop"})
+
+
+def is_running(data_dir: Path) -> bool:
+    """Whether a server owns data_dir now (its postmaster.pid names a live process); starts nothing."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by the server's own user
+    return True

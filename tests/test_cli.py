@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_submit_a_file_and_wait_for_every_job(stack: Stack, tmp_path: Path) -> N
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 6
     one = run_cli(stack, api, "jobs", str(jobs[0]["id"]), "--json")
     assert json.loads(one.stdout)["id"] == jobs[0]["id"]
+    described = run_cli(stack, api, "jobs", str(jobs[0]["id"]))  # for people: fields, then the outputs table
+    assert described.returncode == 0 and not described.stdout.lstrip().startswith("{")
+    assert "status        succeeded" in described.stdout and f"/jobs/{jobs[0]['id']}/outputs/0" in described.stdout
     workers = run_cli(stack, api, "workers", "--json")
     assert workers.returncode == 0 and json.loads(workers.stdout)[0]["jobs_done"] == 6
 
@@ -60,3 +64,29 @@ def test_submit_a_file_and_wait_for_every_job(stack: Stack, tmp_path: Path) -> N
     unreachable = subprocess.run([sys.executable, "-m", "comfyq.cli", "status", "--api-url", "http://127.0.0.1:9"],
                                  env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 3 and "cannot reach the API" in unreachable.stderr
+
+
+def test_every_option_has_help_text() -> None:
+    from comfyq.cli import build_parser  # noqa: PLC0415
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "comfyq")
+    assert missing == []
+
+
+def test_read_only_commands_never_start_an_embedded_server(tmp_path: Path) -> None:
+    """Without DATABASE_URL, `comfyq workers` says what is missing instead of starting an empty database."""
+    env = {"PATH": "/usr/bin:/bin", "COMFYQ_DATA_DIR": str(tmp_path / "var")}
+    done = subprocess.run([sys.executable, "-m", "comfyq.cli", "workers"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "DATABASE_URL is not set" in done.stderr
+    assert not (tmp_path / "var" / "pg").exists()
