@@ -252,6 +252,11 @@ class JobQueue:
             self.republish([lease.job_id])
         return released
 
+    def held_by(self, worker_id: str) -> list[Lease]:
+        """The leases the database says this worker holds (running jobs with its id)."""
+        rows = self.db.fetch_all("running_jobs_of_worker", {"worker_id": worker_id})
+        return [Lease(int(row["id"]), int(row["attempts"]), worker_id) for row in rows]
+
     def log_outage(self, lease: Lease, event: str, message: str, details: dict[str, Any]) -> bool:
         """Record an outage or a resubmission against the attempt (no state change, no attempt spent)."""
         return self.db.fetch_one("log_outage", {**lease.fence(), "event": event, "message": message,

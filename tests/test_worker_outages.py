@@ -173,3 +173,19 @@ def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue,
                   f"{result}; outputs missing: {missing}; outage events: {outage_events}")
     assert result["failed"] == 0 and result["succeeded"] == total and result["attempts_spent_on_outages"] == 0
     assert missing == 0 and outage_events >= 1
+
+
+def test_a_claim_whose_answer_was_lost_is_handed_back_without_spending_an_attempt(
+        stack: Stack, queue: JobQueue) -> None:
+    """The database holds a claim of this worker that the worker never heard of (the connection dropped while the
+    claim committed, or an earlier run with the same fixed id crashed): the worker hands it back at once, then runs
+    it, instead of leaving it to a lease expiry and a rescue that spends an attempt."""
+    stack.standin()
+    job_id = queue.enqueue(NewJob(graph=tiny(5)))["id"]
+    orphan = queue.claim("w-fixed")  # committed, but no worker process knows about it
+    assert orphan is not None and orphan.id == job_id
+    stack.worker("w1", worker_id="w-fixed", lease_seconds="60")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("status") == "succeeded", 30, "the job to run")
+    row = queue.get(job_id, "default")
+    assert row is not None and row["attempts"] == 1
+    assert [r["event"] for r in queue.logs(job_id)] == ["queued", "claimed", "released", "claimed", "succeeded"]

@@ -125,6 +125,7 @@ class Worker:
         self.jobs_run = 0
         self.max_jobs: int | None = None
         self._claim_soon = threading.Event()
+        self._claims_unknown = bool(settings.worker_id)  # a fixed id may hold rows of a crashed earlier run
 
     # Signals ----------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -261,9 +262,11 @@ class Worker:
             now = time.monotonic()
             if self._may_fill() and now >= next_claim:
                 try:
+                    self._hand_back_unknown_claims()
                     pipeline.fill(self._may_claim)
                     self.health.up(DATABASE)
                 except DatabaseUnavailable as exc:
+                    self._claims_unknown = True  # the claim may have committed without its answer reaching us
                     self.health.down(DATABASE, exc)
                 else:
                     if pipeline.has_room:  # nothing eligible right now
@@ -278,6 +281,20 @@ class Worker:
                     return
             if self._sleep(waiter, self._sleep_seconds(next_claim)):
                 next_claim = 0.0
+
+    def _hand_back_unknown_claims(self) -> None:
+        """After a claim whose answer was lost, the database may say this worker holds a job it never heard of:
+        hand such jobs back at once (no attempt spent) instead of leaving them until their lease expires and a
+        rescue spends an attempt. Runs on the main thread, the only one that claims, so no claim is in flight."""
+        if not self._claims_unknown:
+            return
+        known = {attempt.job.id for attempt in self.maintenance.held()}
+        for lease in self.queue.held_by(self.worker_id):
+            if lease.job_id not in known and self.queue.release(
+                    lease, "claimed while the database connection dropped; the worker never got the job"):
+                log.warning("job %s: claimed during a database outage without the answer reaching this worker; "
+                            "handed back", lease.job_id, extra={"action": "released", "job_id": lease.job_id})
+        self._claims_unknown = False
 
     def _may_fill(self) -> bool:
         return (not self.stopping and self.pipeline.has_room and self._may_claim() and self.health.all_up())

@@ -420,3 +420,8 @@ RETURNING id;
 -- name: attempt_state
 -- Where a job stands after a write whose outcome was unknown (the connection dropped during COMMIT).
 SELECT id, status, attempts, worker_id FROM job_queue WHERE id = %(id)s;
+
+-- name: running_jobs_of_worker
+-- What the database says a worker holds: after a claim whose answer was lost (the connection dropped while it
+-- ran), the worker hands back the jobs it holds without knowing it.
+SELECT id, attempts FROM job_queue WHERE status = 'running' AND worker_id = %(worker_id)s ORDER BY id;
