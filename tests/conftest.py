@@ -59,15 +59,15 @@ def scratch_database(server_url: str, template: str | None = None) -> Iterator[s
     """A database of one test's own (a copy of template when given), dropped afterwards."""
     name = f"comfyq_t_{uuid.uuid4().hex[:10]}"
     clause = f' TEMPLATE "{template}"' if template else ""
-    admin = connect_once(server_url)
-    with admin.cursor() as cur:
+    server = connect_once(server_url)
+    with server.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"{clause}')
     try:
         yield _with_database(server_url, name)
     finally:
-        with admin.cursor() as cur:
+        with server.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        server.close()
 
 
 @pytest.fixture
@@ -136,3 +136,4 @@ from tests.e2e_support import stack  # noqa: E402,F401 - fixture shared by the m
 from tests.http_servers import image_host, receiver  # noqa: E402,F401 - fixtures shared by several modules
 from tests.redis_support import backend, redis_backend, redis_conn, redis_url  # noqa: E402,F401 - transport tests
 from tests.s3_server import s3_server, s3_storage  # noqa: E402,F401 - a real S3 API (moto) for storage tests
+from tests.support.db_conns import admin, locker  # noqa: E402,F401 - fixtures of the lost-write tests

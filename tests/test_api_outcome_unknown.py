@@ -15,9 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from comfyq import tokens
-from comfyq.db import connect_once
 from comfyq.settings import Settings
 from tests.db_locks import Blocked, blocked_backend, lock, terminate
+from tests.support.db_conns import count_jobs
 
 TOKEN = "outcome-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,32 +45,6 @@ def app(db_url: str) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()  # not `with`: a preserved request context could not be popped from another thread
-
-
-@pytest.fixture
-def admin(db_url: str) -> Iterator[Any]:
-    conn = connect_once(db_url)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def locker(db_url: str) -> Iterator[Any]:
-    conn = connect_once(db_url)
-    conn.autocommit = False
-    try:
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
-
-
-def count_jobs(admin: Any) -> int:
-    with admin.cursor() as cur:
-        cur.execute("SELECT count(*) FROM job_queue")
-        return int(cur.fetchone()[0])
 
 
 def post_blocked(client: FlaskClient, admin: Any, query_start: str, headers: dict[str, str],

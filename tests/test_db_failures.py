@@ -22,30 +22,9 @@ from comfyq.jobs import JobQueue, NewJob
 from comfyq.queries import load_queries, may_write
 from tests.conftest import SQL_DIR
 from tests.db_locks import Blocked, blocked_backend, lock, terminate
+from tests.support.db_conns import count_jobs
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
-
-
-@pytest.fixture
-def admin(db_url: str) -> Iterator[Any]:
-    """A connection of the test's own, outside the Database under test (autocommit)."""
-    conn = connect_once(db_url)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def locker(db_url: str) -> Iterator[Any]:
-    """A second admin connection that holds table locks in an open transaction; rolled back in teardown."""
-    conn = connect_once(db_url)
-    conn.autocommit = False
-    try:
-        yield conn
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 @pytest.fixture
@@ -56,12 +35,6 @@ def one_conn_db(db_url: str) -> Iterator[Database]:
         yield database
     finally:
         database.close()
-
-
-def count_jobs(admin: Any) -> int:
-    with admin.cursor() as cur:
-        cur.execute("SELECT count(*) FROM job_queue")
-        return int(cur.fetchone()[0])
 
 
 def test_the_read_write_split_of_the_named_queries() -> None:
