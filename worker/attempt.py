@@ -185,6 +185,10 @@ class Attempt:
             else:
                 self.end(Outcome.SUCCESS)
 
+    def look_up_now(self) -> None:
+        """Make the next look-up in /queue and /history include this attempt, however recent its last event."""
+        self.last_evidence_at = self.last_poll_at = float("-inf")
+
     # Clocks -----------------------------------------------------------------------------------------
     def quiet_for(self) -> float:
         return self.clock() - max(self.last_evidence_at, self.last_poll_at)

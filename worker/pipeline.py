@@ -140,9 +140,7 @@ class Pipeline:
                 attempt.stop_reason = "shutdown"
                 attempt.end(Outcome.UNSTARTED)
             elif self._outage_budget_spent():
-                attempt.release_reason = (f"ComfyUI unavailable for {self.health.down_for(COMFYUI):.0f}s "
-                                          "(outage budget); handed back")
-                attempt.end(Outcome.RELEASED)
+                self._release_for_outage(attempt)
             elif comfy_up and self.health.is_up(DATABASE):
                 self._hand_over(attempt)
         elif self.stopping and attempt.state is State.QUEUED and attempt.stop_reason is None:
@@ -153,10 +151,14 @@ class Pipeline:
                 self.clock() - attempt.interrupt_sent_at > INTERRUPT_GRACE_SECONDS:
             attempt.end(Outcome.INTERRUPTED)  # ComfyUI ignored the interrupt; the finisher records a timeout
         elif not comfy_up and self._outage_budget_spent():
-            attempt.release_reason = (f"ComfyUI unavailable for {self.health.down_for(COMFYUI):.0f}s "
-                                      "(outage budget); handed back")
-            self._forget_prompt(attempt)
-            attempt.end(Outcome.RELEASED)
+            self._release_for_outage(attempt)
+
+    def _release_for_outage(self, attempt: Attempt) -> None:
+        """ComfyUI has been down past the outage budget: hand the job back for other workers, never fail it."""
+        attempt.release_reason = (f"ComfyUI unavailable for {self.health.down_for(COMFYUI):.0f}s "
+                                  "(outage budget); handed back")
+        self._forget_prompt(attempt)
+        attempt.end(Outcome.RELEASED)
 
     def _outage_budget_spent(self) -> bool:
         return self.health.down_for(COMFYUI) > self.settings.outage_budget_seconds
@@ -223,10 +225,7 @@ class Pipeline:
     def _server_error(self, attempt: Attempt, exc: ComfyServerError) -> None:
         """5xx to POST /prompt: an outage when ComfyUI answers nothing else either, the job's fault when this
         graph keeps getting it while ComfyUI otherwise works."""
-        try:
-            self.comfy.queue_state()
-        except ComfyUnavailable as probe:
-            self.health.down(COMFYUI, probe)
+        if not self.check_comfyui():
             return
         attempt.server_errors += 1
         if attempt.server_errors >= SERVER_ERRORS_BEFORE_FAILING:
@@ -277,15 +276,12 @@ class Pipeline:
         return True
 
     def _probe_comfyui(self) -> None:
-        try:
-            self.comfy.queue_state()
-        except ComfyUnavailable as exc:
-            self.health.down(COMFYUI, exc)
+        """ComfyUI was down and a probe is due: once it answers, every prompt in flight is looked up at once
+        (it may have finished, or have been lost in a restart)."""
+        if not self.check_comfyui():
             return
-        self.health.up(COMFYUI)
         for attempt in self.active:
-            attempt.last_poll_at = 0.0
-            attempt.last_evidence_at = min(attempt.last_evidence_at, self.clock() - self.settings.history_poll_seconds)
+            attempt.look_up_now()
         self._look_up_quiet()
 
     def _end_from_history(self, attempt: Attempt, entry: dict[str, Any]) -> None:
@@ -343,7 +339,7 @@ class Pipeline:
         if where == "gone":
             attempt.end(Outcome.UNSTARTED)  # removed before it ran: ComfyUI will never run it
         elif where == "finished":
-            attempt.last_poll_at = attempt.last_evidence_at = 0.0  # the next look-up records how it ended
+            attempt.look_up_now()  # the next look-up records how it ended
         elif where in ("running", "unknown"):
             attempt.interrupt_sent_at = self.clock()
             self.comfy.interrupt(attempt.prompt_id)  # takes effect between nodes
