@@ -91,8 +91,10 @@ def test_metrics_and_json_logs(stack: Stack, queue: JobQueue) -> None:
                .group(0).rsplit(":", 1)[1].split("/")[0])
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
     wait_until(lambda: (queue.get(job_id, "default") or {}).get("status") == "succeeded", 30, "the job")
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    assert re.search(r'^comfyq_worker_jobs_total\{status="succeeded"\} 1\.0$', text, re.MULTILINE)
+    # The counter moves just after the row is committed: look until it has.
+    counted = r'^comfyq_worker_jobs_total\{status="succeeded"\} 1\.0$'
+    text = wait_until(lambda: (lambda t: t if re.search(counted, t, re.MULTILINE) else None)(
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text), 10, "the succeeded counter")
     assert "comfyq_worker_comfyui_execution_seconds_count 1.0" in text
     assert re.search(r"^comfyq_worker_gpu_busy_ratio \d", text, re.MULTILINE)
     assert re.search(r"^comfyq_worker_storage_bytes_total [1-9]", text, re.MULTILINE)
