@@ -30,13 +30,10 @@ test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else embedded Pos
 test-fast: $(STAMP) ## Run the tests that need no child processes
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP) ## ruff and mypy (mypy sees the hyphenated folders through links named like their packages)
-	$(BIN)/ruff check comfyq webhook-api worker standin tests bench
-	mkdir -p build/typecheck
-	ln -sfn ../../webhook-api build/typecheck/comfyq_api
-	ln -sfn ../../worker build/typecheck/comfyq_worker
-	ln -sfn ../../standin build/typecheck/comfyq_standin
-	MYPYPATH=build/typecheck $(BIN)/mypy -p comfyq -p comfyq_api -p comfyq_worker -p comfyq_standin
+lint: $(STAMP) ## ruff, mypy and the import contracts (lint-imports)
+	$(BIN)/ruff check comfyq worker tests bench
+	$(BIN)/mypy -p comfyq
+	$(BIN)/lint-imports
 
 migrate: $(STAMP) ## Apply pending migrations to DATABASE_URL (or the embedded server)
 	$(BIN)/comfyq migrate

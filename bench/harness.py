@@ -348,15 +348,16 @@ class Gunicorn:
 
 
 def comfyq_api(work: Path, env: dict[str, str], *, workers: int | None = None) -> Gunicorn:
-    """comfyq's API exactly as `comfyq api` runs it (webhook-api/gunicorn.conf.py), on a free loopback port."""
+    """comfyq's API exactly as `comfyq api` runs it (comfyq/api/gunicorn_conf.py), on a free loopback port."""
+    from comfyq.resources import gunicorn_config  # noqa: PLC0415
     from comfyq.settings import PROJECT_ROOT  # noqa: PLC0415
 
-    args = ["-c", str(PROJECT_ROOT / "webhook-api" / "gunicorn.conf.py")]
+    args = ["-c", str(gunicorn_config())]
     if workers is not None:
         args += ["--workers", str(workers)]
-    return Gunicorn([*args, "comfyq_api.app:create_app()"], env, work / "logs" / "webhook-api.log", PROJECT_ROOT)
+    return Gunicorn([*args, "comfyq.api.app:create_app()"], env, work / "logs" / "webhook-api.log", PROJECT_ROOT)
 
 
 def api_workers_default() -> int:
-    """What webhook-api/gunicorn.conf.py picks when COMFYQ_API_WORKERS is unset."""
+    """What comfyq/api/gunicorn_conf.py picks when COMFYQ_API_WORKERS is unset."""
     return min(8, len(os.sched_getaffinity(0)) * 2 + 1)

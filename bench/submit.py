@@ -2,7 +2,7 @@
 per request to comfyq's POST /jobs, and the same body to a minimal Flask app under gunicorn doing one INSERT per
 POST (bench/baseline_app.py), with the same number of gunicorn workers; runs interleaved, medians.
 
-comfyq runs as `comfyq api` does (webhook-api/gunicorn.conf.py: its access log, metrics, auth, validation, the
+comfyq runs as `comfyq api` does (comfyq/api/gunicorn_conf.py: its access log, metrics, auth, validation, the
 template rendered, the row and its job_logs row in one statement). The baseline has none of that.
 
     .bench-venv/bin/python -m bench.submit            # 3 rounds of 10 s each

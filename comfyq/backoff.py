@@ -13,4 +13,4 @@ def retry_delay(attempt: int, base: float, cap: float, rng: random.Random | None
         raise ValueError("attempt numbers start at 1")
     ceiling = min(cap, base * (2 ** min(attempt - 1, 62)))
     draw = (rng or random).random()
-    return ceiling / 2 + draw * ceiling / 2
+    return float(ceiling / 2 + draw * ceiling / 2)

@@ -33,7 +33,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from comfyq_worker.worker import main as worker_main  # noqa: PLC0415
+    from comfyq.worker.main import main as worker_main  # noqa: PLC0415
 
     argv = ["run"] + (["--burst"] if args.burst else []) + (
         ["--max-jobs", str(args.max_jobs)] if args.max_jobs is not None else [])
@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     """Run the API under gunicorn with the project's config (exec, so signals reach gunicorn directly)."""
     argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config()),
-            "--bind", args.bind, "comfyq_api.app:create_app()"]
+            "--bind", args.bind, "comfyq.api.app:create_app()"]
     os.execv(argv[0], argv)
 
 

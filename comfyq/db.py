@@ -43,7 +43,7 @@ psycopg2.extensions.register_adapter(dict, psycopg2.extras.Json)
 DEFAULT_IO_TIMEOUT = 10.0  # seconds; COMFYQ_DB_IO_TIMEOUT_SECONDS sets it for the processes comfyq starts
 
 
-class ServerSilent(psycopg2.OperationalError):
+class ServerSilent(psycopg2.OperationalError):  # type: ignore[misc]  # psycopg2 ships no stubs
     """Raised by the wait callback when the server sent nothing back within the connection's io_timeout (or did
     not finish the connection handshake within its connect timeout). psycopg2 then closes the connection."""
 
@@ -130,7 +130,7 @@ def _went_away(conn: psycopg2.extensions.connection) -> bool:
     return bool(readable)
 
 
-class TimedConnection(psycopg2.extensions.connection):
+class TimedConnection(psycopg2.extensions.connection):  # type: ignore[misc]
     """A connection that carries its own deadlines for _wait: io_timeout for every wait on the server (None: for
     ever), connect_timeout for the whole handshake."""
 
@@ -371,7 +371,7 @@ class Session:
                 raise
             self._write_sent = False  # the server refused the statement: it ran nothing
             if not self.conn.autocommit:
-                self.conn.prepared.discard(name)  # type: ignore[attr-defined]  # re-prepared outside a transaction
+                self.conn.prepared.discard(name)  # re-prepared outside a transaction
                 raise
             # Outside a transaction nothing ran: forget the statement, prepare it afresh, run it once more.
             self._forget(cur, name)
@@ -391,7 +391,7 @@ class Session:
             return False
         if name in prepared:
             return True
-        if name in conn.unpreparable or not conn.autocommit:  # type: ignore[attr-defined]
+        if name in conn.unpreparable or not conn.autocommit:
             return False
         try:
             cur.execute(f"PREPARE {_statement_name(name)} AS {form.sql}")
@@ -400,14 +400,14 @@ class Session:
         except psycopg2.Error as exc:
             if _lost(conn, exc):
                 raise  # not the query's fault; nothing of it was sent
-            conn.unpreparable.add(name)  # type: ignore[attr-defined]
+            conn.unpreparable.add(name)
             log.debug("query %s runs unprepared: %s", name, str(exc).strip(), extra={"action": "db_unprepared"})
             return False
         prepared.add(name)
         return True
 
     def _forget(self, cur: psycopg2.extensions.cursor, name: str) -> None:
-        self.conn.prepared.discard(name)  # type: ignore[attr-defined]
+        self.conn.prepared.discard(name)
         with contextlib.suppress(psycopg2.errors.InvalidSqlStatementName):
             cur.execute(f"DEALLOCATE {_statement_name(name)}")
 

@@ -7,7 +7,7 @@ Pure functions over plain JSON: no database, no HTTP. The catalogue is the JSON 
 ({class_type: {"input": {"required": {...}, "optional": {...}}, "input_order": ..., "output": [...],
 "output_node": bool, ...}}).
 
-Deliberately kept separate from the stand-in's validator (standin/validation.py): the stand-in is the test
+Deliberately kept separate from the stand-in's validator (comfyq/standin/validation.py): the stand-in is the test
 oracle that plays ComfyUI, so the code under test must not share its logic, or one bug would pass both.
 """
 

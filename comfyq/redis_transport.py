@@ -31,7 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -238,7 +238,7 @@ class RedisTransport(Transport):
             return
         now = datetime.now(UTC)
         started = time.monotonic()
-        immediate: dict[str, list] = {}
+        immediate: dict[str, list[Any]] = {}
         try:
             with self.redis.pipeline() as pipe:
                 for message in messages:
@@ -410,10 +410,10 @@ class RedisTransport(Transport):
                 self._scheduler = RQScheduler(self.queues, self.redis, interval=max(1, math.ceil(
                     self.scheduler_seconds)), serializer=JSONSerializer, name=self.owner, logging_level="WARNING")
             if refresh:
-                self._scheduler.acquire_locks()
+                self._scheduler.acquire_locks()  # type: ignore[no-untyped-call]  # rq is untyped
                 self._locks_at = started
             if self._scheduler.acquired_locks:
-                self._scheduler.enqueue_scheduled_jobs()
+                self._scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
         except RedisError as exc:
             self._mark_down(exc)
             return
@@ -468,7 +468,7 @@ class RedisTransport(Transport):
         self.give_back()
         if self._scheduler is not None and not self._down:
             try:
-                self._scheduler.release_locks()
+                self._scheduler.release_locks()  # type: ignore[no-untyped-call]
             except RedisError as exc:
                 self._mark_down(exc)
         self.redis.close()

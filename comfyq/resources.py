@@ -13,4 +13,4 @@ def package_path(package: str) -> Path:
 
 
 def gunicorn_config() -> Path:
-    return package_path("comfyq_api") / "gunicorn.conf.py"
+    return package_path("comfyq.api") / "gunicorn_conf.py"

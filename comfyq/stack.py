@@ -28,7 +28,7 @@ def start_standin(log_dir: Path, output_dir: Path, *, port: int = 0, args: tuple
                   name: str = "comfyui-standin", timeout: float = 30.0) -> tuple[ManagedProcess, str]:
     """Start the stand-in and wait for its announcement. With `--startup-delay` in args it listens only
     after that delay, so give a `timeout` longer than the delay's upper end."""
-    proc = ManagedProcess(name, [sys.executable, "-m", "comfyq_standin", "--host", "127.0.0.1", "--port", str(port),
+    proc = ManagedProcess(name, [sys.executable, "-m", "comfyq.standin", "--host", "127.0.0.1", "--port", str(port),
                                  "--output-dir", str(output_dir), "--input-dir", str(output_dir.parent / "input"),
                                  *args], env=_env({}), log_path=log_dir / f"{name}.log")
     match = proc.start(STANDIN_READY, timeout=timeout)
@@ -38,7 +38,7 @@ def start_standin(log_dir: Path, output_dir: Path, *, port: int = 0, args: tuple
 
 def start_api(log_dir: Path, env: Mapping[str, str], *, workers: int = 2) -> tuple[ManagedProcess, str]:
     argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config()),
-            "--bind", "127.0.0.1:0", "--workers", str(workers), "comfyq_api.app:create_app()"]
+            "--bind", "127.0.0.1:0", "--workers", str(workers), "comfyq.api.app:create_app()"]
     proc = ManagedProcess("webhook-api", argv, env=_env(env), log_path=log_dir / "webhook-api.log",
                           cwd=PROJECT_ROOT)
     match = proc.start(GUNICORN_READY, timeout=30)
@@ -49,7 +49,7 @@ def start_api(log_dir: Path, env: Mapping[str, str], *, workers: int = 2) -> tup
 
 def start_worker(log_dir: Path, env: Mapping[str, str], *, name: str = "worker",
                  args: tuple[str, ...] = ()) -> ManagedProcess:
-    argv = [sys.executable, str(PROJECT_ROOT / "worker" / "worker.py"), *args]
+    argv = [sys.executable, "-m", "comfyq.worker", *args]
     proc = ManagedProcess(name, argv, env=_env(env), log_path=log_dir / f"{name}.log")
     proc.start(WORKER_READY, timeout=30)
     return proc

@@ -43,7 +43,7 @@ class Waiter(Protocol):
 
 @dataclass(frozen=True)
 class Tick:
-    """A periodic task the transport needs in every worker (run by worker/maintenance.py's scheduler)."""
+    """A periodic task the transport needs in every worker (run by comfyq/worker/maintenance.py's scheduler)."""
 
     name: str
     seconds: float

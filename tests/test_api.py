@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfyq_api.app import create_app
 from flask.testing import FlaskClient
 
+from comfyq.api.app import create_app
 from comfyq.settings import Settings
 
 TOKEN = "test-token-123"

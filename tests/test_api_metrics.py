@@ -1,5 +1,5 @@
 """GET /metrics: request counts by endpoint and status added up across gunicorn's worker processes, the
-submitted-jobs counter, and the multiprocess folder prepared by gunicorn.conf.py."""
+submitted-jobs counter, and the multiprocess folder prepared by comfyq/api/gunicorn_conf.py."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from comfyq_api.app import create_app
-from comfyq_api.metrics import count_submitted, init_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from comfyq.api.app import create_app
+from comfyq.api.metrics import count_submitted, init_metrics
 from comfyq.processes import ManagedProcess
 from comfyq.settings import Settings
 from tests.apps.metrics_app import start_metrics_api, worker_pids

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from comfyq_api.app import create_app
 from flask import Flask
 from flask.testing import FlaskClient
 
 from comfyq import tokens
+from comfyq.api.app import create_app
 from comfyq.settings import Settings
 from tests.db_locks import Blocked, blocked_backend, lock, terminate
 from tests.support.db_conns import count_jobs
@@ -96,7 +96,7 @@ def test_a_lost_bookkeeping_write_before_the_submission_wrote_no_job(app: Flask,
     """A created token's last use is written before the job: losing that write leaves the request without
     effect, so the answer is database_unavailable."""
     with app.app_context():
-        from comfyq_api.services import services  # noqa: PLC0415 - needs the app context
+        from comfyq.api.services import services  # noqa: PLC0415 - needs the app context
 
         created = tokens.create(services().db, "default", "submitter")
     own = {"Authorization": f"Bearer {created.token}"}
@@ -112,7 +112,7 @@ def test_a_lost_write_of_a_read_request_is_database_unavailable(app: Flask, clie
                                                                 locker: Any) -> None:
     """GET writes only bookkeeping; whatever it lost, a read has no outcome to be unknown."""
     with app.app_context():
-        from comfyq_api.services import services  # noqa: PLC0415
+        from comfyq.api.services import services  # noqa: PLC0415
 
         created = tokens.create(services().db, "default", "submitter")
     own = {"Authorization": f"Bearer {created.token}"}

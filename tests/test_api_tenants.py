@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import requests
-from comfyq_api.app import create_app
 from flask import Flask
 from flask.testing import FlaskClient
 
 from comfyq import tokens
+from comfyq.api.app import create_app
 from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import Settings

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from comfyq_worker.callbacks import CallbackSender
 from standardwebhooks import Webhook
 
 from comfyq.db import Database
 from comfyq.errors import ConfigurationError
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.netguard import AddressGuard
+from comfyq.worker.callbacks import CallbackSender
 from tests.e2e_support import free_port, wait_until
 from tests.http_servers import Receiver
 
@@ -189,12 +189,12 @@ def test_without_a_secret_nothing_is_sent_and_one_warning_is_logged(
     hook = receiver()
     jobs = [finished_job(queue, hook.url) for _ in range(2)]
     sender = senders(secret=None)
-    with caplog.at_level(logging.WARNING, logger="comfyq_worker.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="comfyq.worker.callbacks"):
         for job in jobs:
             sender.notify(job)
         assert sender.close(5)
     assert hook.requests == []
-    warnings = [r for r in caplog.records if r.name == "comfyq_worker.callbacks"]
+    warnings = [r for r in caplog.records if r.name == "comfyq.worker.callbacks"]
     assert len(warnings) == 1 and "no callback secret" in warnings[0].getMessage()
     assert all(callback_logs(queue, job["id"]) == [] for job in jobs)
 

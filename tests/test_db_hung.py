@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from comfyq_api.app import create_app
 
+from comfyq.api.app import create_app
 from comfyq.db import Database, connect_once
 from comfyq.errors import DatabaseUnavailable, OutcomeUnknown
 from comfyq.jobs import JobQueue, NewJob

@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfyq_worker.comfy_client import ComfyClient
-from comfyq_worker.input_images import (
+
+from comfyq.errors import PermanentFailure, TransientFailure
+from comfyq.netguard import AddressGuard
+from comfyq.worker.comfy_client import ComfyClient
+from comfyq.worker.input_images import (
     InputImageRejected,
     InputImageUnavailable,
     localize_images,
     looks_like,
     upload_name,
 )
-
-from comfyq.errors import PermanentFailure, TransientFailure
-from comfyq.netguard import AddressGuard
 from tests.e2e_support import free_port
 from tests.http_servers import BLUE, RED, image_bytes
 from tests.support.standin import StandinProcess

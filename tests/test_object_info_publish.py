@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import requests
-from comfyq_worker.comfy_client import ComfyClient
-from comfyq_worker.object_info_publisher import ObjectInfoPublisher, catalogue_problem, publish_object_info
 
 from comfyq.db import Database
 from comfyq.node_limits import validate_graph
 from comfyq.settings import PROJECT_ROOT
+from comfyq.worker.comfy_client import ComfyClient
+from comfyq.worker.object_info_publisher import ObjectInfoPublisher, catalogue_problem, publish_object_info
 from comfyq.workflows import load_workflows
 from tests.conftest import SQL_DIR
 from tests.e2e_support import free_port

@@ -13,9 +13,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from comfyq_api.app import create_app
-from comfyq_api.openapi import OPERATION_ERRORS, PUBLIC_OPERATIONS, build_document
-from comfyq_api.openapi import bp as openapi_bp
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +31,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from comfyq import tokens
+from comfyq.api.app import create_app
+from comfyq.api.openapi import OPERATION_ERRORS, PUBLIC_OPERATIONS, build_document
+from comfyq.api.openapi import bp as openapi_bp
 from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import PROJECT_ROOT, Settings

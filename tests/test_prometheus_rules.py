@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from comfyq_api.app import create_app
-from comfyq_api.metrics import init_metrics
-from comfyq_worker.metrics import WorkerMetrics
 from prometheus_client import CollectorRegistry, generate_latest
 
+from comfyq.api.app import create_app
+from comfyq.api.metrics import init_metrics
 from comfyq.settings import Settings
+from comfyq.worker.metrics import WorkerMetrics
 from grafana.panels import dashboard_files, iter_targets
 from tests.conftest import project_path
 

@@ -154,7 +154,7 @@ def test_a_hung_redis_costs_one_timeout_per_retry_period(private_redis: PrivateR
                                                          record_figure: Any) -> None:
     """The API submits a batch every 0.25 s and three consumers (claim, idle wait, transport ticks, each with a
     transport of its own, as in separate worker processes) take the jobs, while Redis is stopped for 10 s."""
-    from comfyq_api.app import create_app  # noqa: PLC0415
+    from comfyq.api.app import create_app  # noqa: PLC0415
 
     caplog.set_level(logging.INFO, logger="comfyq.redis_transport")
     settings = hang_settings(private_redis.url)
@@ -217,7 +217,7 @@ def test_a_hung_redis_costs_one_timeout_per_retry_period(private_redis: PrivateR
             waiter.close()
 
     def tick(name: str, queue: JobQueue) -> None:
-        """The transport's ticks, on their own thread as worker/maintenance.py runs them."""
+        """The transport's ticks, on their own thread as comfyq/worker/maintenance.py runs them."""
         ticks = queue.transport.ticks(queue)
         due = {t.name: 0.0 for t in ticks}
         while not stop.is_set():

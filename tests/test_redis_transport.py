@@ -287,7 +287,7 @@ def test_settings_and_build() -> None:
 
 
 def test_the_api_publishes_submissions_and_retries(redis_backend: Backend, db: Database, db_url: str) -> None:
-    from comfyq_api.app import create_app  # noqa: PLC0415
+    from comfyq.api.app import create_app  # noqa: PLC0415
 
     app = create_app(Settings(database_url=db_url, api_token="t0ken-123", QUEUE_BACKEND="redis",
                               REDIS_URL=redis_backend.redis_url, redis_prefix=redis_backend.prefix))

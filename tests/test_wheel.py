@@ -54,7 +54,7 @@ def test_the_wheel_carries_the_sql_the_templates_and_the_gunicorn_config(wheel: 
     names = zipfile.ZipFile(wheel).namelist()
     assert "comfyq_sql/migrations/0001_initial.sql" in names and "comfyq_sql/queries/jobs.sql" in names
     assert any(re.fullmatch(r"comfyq_workflows/txt2img/.*\.json", n) for n in names)
-    assert "comfyq_api/gunicorn.conf.py" in names
+    assert "comfyq/api/gunicorn_conf.py" in names
 
 
 @pytest.fixture

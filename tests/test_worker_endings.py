@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import requests
-from comfyq_worker.loop import Worker
 
 from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import Settings
 from comfyq.storage import LocalStorage, StoredObject
+from comfyq.worker.loop import Worker
 from tests.conftest import SQL_DIR
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 

@@ -14,19 +14,19 @@ from typing import Any
 
 import pytest
 import websocket
-from comfyq_worker.attempt import Attempt, InvalidTransition, Outcome, State
-from comfyq_worker.comfy_client import ComfyClient
-from comfyq_worker.comfy_socket import ComfySocket
-from comfyq_worker.finisher import Finisher
-from comfyq_worker.health import COMFYUI, STORAGE, DependencyHealth
-from comfyq_worker.pipeline import Pipeline
-from comfyq_worker.progress_writer import ProgressWriter
 
 from comfyq.db import Database
 from comfyq.errors import StorageUnavailable
 from comfyq.jobs import ClaimedJob, JobQueue, Lease, NewJob
 from comfyq.settings import Settings
 from comfyq.storage import LocalStorage, StoredObject
+from comfyq.worker.attempt import Attempt, InvalidTransition, Outcome, State
+from comfyq.worker.comfy_client import ComfyClient
+from comfyq.worker.comfy_socket import ComfySocket
+from comfyq.worker.finisher import Finisher
+from comfyq.worker.health import COMFYUI, STORAGE, DependencyHealth
+from comfyq.worker.pipeline import Pipeline
+from comfyq.worker.progress_writer import ProgressWriter
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfyq_api.app import create_app
-from comfyq_api.node_check import catalogue_cache, node_limit_problems
-from comfyq_api.workflows_api import bp as workflows_bp
 from flask import Flask
 
+from comfyq.api.app import create_app
+from comfyq.api.node_check import catalogue_cache, node_limit_problems
+from comfyq.api.workflows_api import bp as workflows_bp
 from comfyq.db import Database
 from comfyq.settings import PROJECT_ROOT, Settings
 from comfyq.workflows import load_workflows

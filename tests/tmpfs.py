@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,15 @@ class SmallDisk:
     def mount(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
 
-    def read_only(self) -> None:
-        result = self.mount("-o", "remount,ro", str(self.path))
+    def read_only(self, within: float = 15.0) -> None:
+        """Remount read-only. The kernel refuses (EBUSY) while a file is open for writing, which a busy worker
+        often has for a few milliseconds, so this retries until the first moment no write is in flight."""
+        deadline = time.monotonic() + within
+        while True:
+            result = self.mount("-o", "remount,ro", str(self.path))
+            if result.returncode == 0 or "busy" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         assert result.returncode == 0, result.stderr
 
     def writable(self) -> None:

@@ -10,11 +10,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from comfyq_api.app import create_app
-from comfyq_api.metrics import init_metrics
 from flask import Flask
 
+from comfyq.api.app import create_app
+from comfyq.api.metrics import init_metrics
 from comfyq.processes import ManagedProcess, ProcessFailed
+from comfyq.resources import gunicorn_config
 from comfyq.settings import PROJECT_ROOT
 from comfyq.stack import GUNICORN_READY
 
@@ -32,7 +33,7 @@ def start_metrics_api(log_dir: Path, env: Mapping[str, str], *, workers: int = 2
                       timeout: float = 30.0) -> tuple[ManagedProcess, str]:
     """comfyq.stack.start_api with this module's app: gunicorn with the project's config on port 0, returned
     once every worker has booted. Returns the process and its base URL; the caller stops the process."""
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "webhook-api" / "gunicorn.conf.py"),
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config()),
             "--bind", "127.0.0.1:0", "--workers", str(workers), APP_SPEC]
     proc = ManagedProcess("webhook-api", argv, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                           log_path=log_dir / "webhook-api.log", cwd=PROJECT_ROOT)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 import websocket
-from comfyq_standin.state import MAX_HISTORY, PromptState
 from PIL import Image
 
+from comfyq.standin.state import MAX_HISTORY, PromptState
 from tests.standin.helpers import (
     WORKFLOWS,
     WsCollector,
@@ -247,7 +247,7 @@ def test_output_counter_continues_across_restarts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("entry_point", ["module", "console_script"])
 def test_entry_points_announce_and_stop_on_sigint(tmp_path: Path, entry_point: str) -> None:
     if entry_point == "module":
-        command = [sys.executable, "-m", "comfyq_standin"]
+        command = [sys.executable, "-m", "comfyq.standin"]
     else:
         command = [str(Path(sys.executable).with_name("comfyui-standin"))]
     process = subprocess.Popen(

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import requests
-from comfyq_standin.server import parse_args
 
+from comfyq.standin.server import parse_args
 from tests.standin.helpers import (
     WsCollector,
     assert_same_shape,
@@ -92,7 +92,7 @@ def test_sigterm_during_startup_delay_exits_without_listening(tmp_path: Path) ->
     port = free_port(HOST)
     log_path = tmp_path / "standin.log"
     command = [
-        sys.executable, "-m", "comfyq_standin", "--host", HOST, "--port", str(port),
+        sys.executable, "-m", "comfyq.standin", "--host", HOST, "--port", str(port),
         "--output-dir", str(tmp_path / "o"), "--input-dir", str(tmp_path / "i"), "--startup-delay", "30",
     ]  # fmt: skip
     with log_path.open("w", encoding="utf-8") as log:

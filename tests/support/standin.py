@@ -86,7 +86,7 @@ class StandinProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "comfyq_standin",
+            sys.executable, "-m", "comfyq.standin",
             "--host", self.host,
             "--port", str(self.requested_port),
             "--output-dir", str(self.output_dir),

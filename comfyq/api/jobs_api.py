@@ -1,0 +1,409 @@
+"""Job routes: submit one or a batch, read, list, cancel and retry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
+from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
+
+from comfyq.api.api_errors import ApiError, validation_details
+from comfyq.api.auth import Caller, require_token
+from comfyq.api.graph_check import graph_problems
+from comfyq.api.limits import enforce_quota, enforce_rate
+from comfyq.api.metrics import count_submitted
+from comfyq.api.node_check import node_limit_problems
+from comfyq.api.schemas import BatchRequest, JobRequest
+from comfyq.api.services import services
+from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
+from comfyq.settings import Settings
+from comfyq.storage import STORAGE_ERRORS, LocalStorage, Storage
+from comfyq.workflows import ParamError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__)
+
+PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "max_attempts", "progress",
+                 "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
+TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_JSON_DEPTH = 64  # a ComfyUI graph nests about 5 levels deep
+MAX_ID = 2**63 - 1  # ids are Postgres bigints
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
+    return settings
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None  # nested far too deep for the parser
+    if body is None:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    _check_storable(body)
+    return body
+
+
+def _check_storable(body: dict[str, Any]) -> None:
+    """Refuse what Postgres cannot store (it would fail the write with a 500): NUL characters and lone
+    surrogates in strings, and numbers that are not finite (NaN, Infinity, 1e400); and bodies nested so
+    deep that encoding them again would hit the recursion limit."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, "invalid_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, "invalid_json", "numbers must be finite (no NaN, Infinity or overflowing values)",
+                           {"field": path or "(body)"})
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            where = f"{path}.{key}" if path else str(key)
+            for text in (key, item):
+                if isinstance(text, str) and not _storable_text(text):
+                    raise ApiError(422, "validation_error", "the request body failed validation", [{
+                        "field": where, "problem": "NUL characters and unpaired surrogates cannot be stored",
+                        "type": "string_unstorable"}])
+            if isinstance(item, (dict, list, float)):
+                stack.append((item, where, depth + 1))
+
+
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _canonical_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _request_hash(key: str | None, path: str, body: Any) -> str | None:
+    """What a repeat under the same Idempotency-Key must match; only computed when there is a key (hashing
+    the canonical form of a 10k-job body is not free)."""
+    return None if key is None else _canonical_hash({"path": path, "body": body})
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255 or "\x00" in key:
+        raise ApiError(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters, without NUL")
+    return key
+
+
+def _enforce_quota_unless_replay(caller: Caller, key: str | None, adding: int) -> None:
+    """The queued-job quota applies to every new submission; only a repeat of a key already used (answered
+    from what it created then, or refused with 409) adds nothing and skips it."""
+    if key is not None and services().db.fetch_one("submission_get", {"tenant": caller.tenant, "key": key}):
+        return
+    enforce_quota(caller, adding)
+
+
+def build_job(req: JobRequest, caller: Caller, settings: Settings, *, with_dedupe_hash: bool = True) -> NewJob:
+    """Validate a request against the templates and limits and turn it into a NewJob; raises ApiError."""
+    if not settings.priority_min <= req.priority <= settings.priority_max:
+        raise ApiError(422, "validation_error", "priority is out of range", {
+            "priority": f"must be between {settings.priority_min} and {settings.priority_max}"})
+    if req.workflow is not None:
+        workflow = services().workflows.get(req.workflow)
+        if workflow is None:
+            raise ApiError(422, "unknown_workflow", f"no workflow named {req.workflow!r}",
+                           {"known": sorted(services().workflows)})
+        too_long = {name: f"longer than {settings.max_prompt_chars} characters"
+                    for name, value in req.params.items()
+                    if isinstance(value, str) and len(value) > settings.max_prompt_chars}
+        if too_long:
+            raise ApiError(422, "invalid_params", "some params are invalid", too_long)
+        try:
+            params = workflow.resolve_params(req.params)
+        except ParamError as exc:
+            raise ApiError(422, "invalid_params", "some params are invalid", exc.details) from exc
+        graph = workflow.render(params)
+        # Random defaults (seeds) are left out: with dedupe, "the same request" means what the caller sent.
+        identity: dict[str, Any] = {"workflow": req.workflow, "params": {
+            k: v for k, v in params.items() if k in req.params or not workflow.params[k].random_default}}
+    else:
+        if not caller.allow_raw_graphs:
+            raise ApiError(403, "raw_graphs_not_allowed",
+                           f"tenant {caller.tenant!r} may submit only workflow templates, not raw graphs")
+        graph = req.graph or {}
+        params = {}
+        problems = graph_problems(graph, settings.max_graph_nodes)
+        if problems:
+            raise ApiError(422, "invalid_graph", "the graph is not a valid ComfyUI API-format graph", problems)
+        identity = {"graph": graph}
+    rejection = node_limit_problems(graph)
+    if rejection is not None:
+        raise ApiError(422, "comfyui_validation_failed", "ComfyUI would reject this graph", rejection)
+    return NewJob(graph=graph, workflow=req.workflow, params=params, priority=req.priority,
+                  max_attempts=req.max_attempts or settings.default_max_attempts, tenant=caller.tenant,
+                  timeout_seconds=req.timeout_seconds, deadline=req.deadline, callback_url=req.callback_url,
+                  dedupe_hash=_canonical_hash(identity) if with_dedupe_hash else None)
+
+
+def _signed(storage: Storage, key: str, expires: int) -> str | None:
+    """A download URL, or None when the backend has none or cannot sign right now (the job is still shown)."""
+    try:
+        return storage.presigned_url(key, expires)
+    except STORAGE_ERRORS as exc:
+        log.warning("cannot sign a URL for %s: %s", key, exc, extra={"action": "presign"})
+        return None
+
+
+def present(row: dict[str, Any]) -> dict[str, Any]:
+    """The public view of a job row. Every stored output gets a download URL: the backend's signed one, or the
+    API's own route for backends without URLs (local storage); `location` never shows a path on a host."""
+    out = {key: row.get(key) for key in PUBLIC_FIELDS}
+    storage = services().storage
+    expires = _settings().s3_presign_seconds
+    out["outputs"] = [{**output, "location": _public_location(output),
+                       "url": _signed(storage, output["key"], expires) or url_for(
+                           "jobs.get_output", job_id=row["id"], index=index, _external=True)}
+                      for index, output in enumerate(row.get("outputs") or [])]
+    for key in TIME_FIELDS:
+        value = row.get(key)
+        out[key] = value.isoformat() if value is not None else None
+    return out
+
+
+def _public_location(output: dict[str, Any]) -> str | None:
+    """s3://bucket/key as stored; a file on the worker's disk is named by its key only (local:<key>)."""
+    location = output.get("location")
+    if isinstance(location, str) and "://" not in location:
+        return f"local:{output.get('key')}"
+    return location
+
+
+def _location(job_id: int) -> str:
+    return url_for("jobs.get_job", job_id=job_id)
+
+
+@bp.post("/jobs")
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    caller = require_token()
+    enforce_rate(caller)
+    body = _json_body()
+    req = JobRequest.model_validate(body)
+    new_job = build_job(req, caller, _settings())
+    if req.dedupe and new_job.dedupe_hash:
+        twin = services().queue.succeeded_twin(caller.tenant, new_job.dedupe_hash)
+        if twin is not None:
+            return jsonify({**present(twin), "deduplicated": True}), 200, {"Location": _location(twin["id"])}
+    key = _idempotency_key()
+    _enforce_quota_unless_replay(caller, key, 1)
+    try:
+        submission = services().queue.submit([new_job], caller.tenant, idempotency_key=key,
+                                             request_hash=_request_hash(key, "/jobs", body))
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
+    row = submission.rows[0]
+    if not submission.replayed:
+        count_submitted(1)
+    status = 200 if submission.replayed else 202
+    return jsonify({"id": row["id"], "status": row["status"]}), status, {"Location": _location(row["id"])}
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Building a batch allocates ~500k containers (10k graphs) and none of them form cycles, yet each
+    allocation burst sets off the cyclic collector, which rescans everything still alive: measured at 25-35%
+    of a 10k-job request. Reference counting frees all of it as usual; the collector resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@bp.post("/jobs/batch")
+def submit_batch() -> tuple[Response, int]:
+    with _collector_paused():
+        return _submit_batch()
+
+
+def _submit_batch() -> tuple[Response, int]:
+    caller = require_token()
+    enforce_rate(caller)
+    settings = _settings()
+    request.max_content_length = settings.max_batch_body_bytes
+    body = _json_body()
+    batch = BatchRequest.model_validate(body)
+    if len(batch.jobs) > settings.max_batch_jobs:
+        raise ApiError(413, "batch_too_large", f"a batch holds at most {settings.max_batch_jobs} jobs",
+                       {"jobs": len(batch.jobs), "limit": settings.max_batch_jobs})
+    jobs: list[NewJob] = []
+    problems: list[dict[str, Any]] = []
+    for index, item in enumerate(batch.jobs):
+        try:
+            req = JobRequest.model_validate(item)
+            if req.dedupe:
+                raise ApiError(422, "validation_error", "'dedupe' applies to single submissions (POST /jobs)")
+            # Batch jobs carry no dedupe hash: hashing 10k canonical requests cost a tenth of the ingest time,
+            # and dedupe is a single-submission feature.
+            jobs.append(build_job(req, caller, settings, with_dedupe_hash=False))
+        except ValidationError as exc:
+            problems.append({"index": index, "code": "validation_error", "details": validation_details(exc)})
+        except ApiError as exc:
+            problems.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
+        if len(problems) >= 100:
+            break
+    if problems:
+        raise ApiError(422, "invalid_batch_items", f"{len(problems)} item(s) are invalid; nothing was written",
+                       {"items": problems})
+    key = _idempotency_key()
+    _enforce_quota_unless_replay(caller, key, len(jobs))
+    try:
+        submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
+                                             request_hash=_request_hash(key, "/jobs/batch", body))
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
+    if not submission.replayed:
+        count_submitted(len(submission.rows))
+    rows = [{"id": row["id"], "status": row["status"]} for row in submission.rows]
+    return jsonify({"count": len(rows), "jobs": rows}), 200 if submission.replayed else 202
+
+
+@bp.get("/jobs/<int:job_id>")
+def get_job(job_id: int) -> Response:
+    caller = require_token()
+    row = services().queue.get(job_id, caller.tenant)
+    if row is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return jsonify(present(row))
+
+
+@bp.get("/jobs/<int:job_id>/outputs/<int:index>")
+def get_output(job_id: int, index: int) -> ResponseReturnValue:
+    """One stored output of one of the caller's jobs: streamed from local storage (Content-Type, ETag,
+    Last-Modified, range requests), or a redirect to a short-lived signed URL of the object storage."""
+    caller = require_token()
+    row = services().queue.get(job_id, caller.tenant)
+    outputs = (row or {}).get("outputs") or []
+    if row is None or not 0 <= index < len(outputs):
+        raise ApiError(404, "not_found", f"job {job_id} has no output {index}")
+    output = outputs[index]
+    storage = services().storage
+    signed = _signed(storage, output["key"], min(300, _settings().s3_presign_seconds))
+    if signed is not None:
+        return redirect(signed, code=302)
+    path = storage.path_of(output["key"]) if isinstance(storage, LocalStorage) else None
+    if path is None or not path.is_file():
+        raise ApiError(404, "output_missing", f"output {index} of job {job_id} is not in storage (removed by "
+                       "retention, or this API does not share the workers' storage folder)")
+    return send_file(path, mimetype=output.get("content_type") or "application/octet-stream", conditional=True,
+                     etag=True, max_age=0, download_name=output.get("filename") or path.name)
+
+
+def _encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("id:"):
+            raise ValueError(text)
+        job_id = int(text[3:])
+        if not 1 <= job_id <= MAX_ID:
+            raise ValueError(text)
+        return job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from exc
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    caller = require_token()
+    args = request.args
+    unknown = set(args) - {"status", "workflow", "since", "limit", "cursor"}
+    if unknown:
+        raise ApiError(400, "invalid_query", "unknown query parameters", {"unknown": sorted(unknown)})
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, "invalid_query", f"status must be one of {', '.join(sorted(STATUSES))}")
+    since = None
+    if "since" in args:
+        try:
+            since = datetime.fromisoformat(args["since"].upper().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", "since must be an ISO 8601 time, e.g. 2026-01-01T00:00:00Z") from exc
+        if since.tzinfo is None:
+            raise ApiError(400, "invalid_query", "since needs a timezone, e.g. 2026-01-01T00:00:00Z")
+        try:
+            since = since.astimezone(UTC)  # Postgres refuses offsets beyond 15:59
+        except OverflowError as exc:
+            raise ApiError(400, "invalid_query", "since is out of range") from exc
+    if "\x00" in args.get("workflow", ""):
+        raise ApiError(400, "invalid_query", "workflow may not contain NUL characters")
+    max_limit = _settings().list_page_max
+    try:
+        limit = int(args.get("limit", "50"))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_query", "limit must be an integer") from exc
+    if not 1 <= limit <= max_limit:
+        raise ApiError(400, "invalid_query", f"limit must be between 1 and {max_limit}")
+    before_id = _decode_cursor(args["cursor"]) if "cursor" in args else None
+    rows = services().queue.list_jobs(caller.tenant, status=status, workflow=args.get("workflow"), since=since,
+                                 before_id=before_id, limit=limit + 1)
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    return jsonify({"jobs": [present(row) for row in page], "next_cursor": next_cursor})
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+def cancel_job(job_id: int) -> Response:
+    caller = require_token()
+    enforce_rate(caller)
+    row = services().queue.cancel(job_id, caller.tenant)
+    if row is None:
+        current = services().queue.status(job_id, caller.tenant)
+        if current is None:
+            raise ApiError(404, "not_found", f"no job {job_id}")
+        raise ApiError(409, "not_cancelable", f"job {job_id} is already {current}", {"status": current})
+    return jsonify({"id": row["id"], "status": row["status"], "cancel_requested": True})
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+def retry_job(job_id: int) -> Response:
+    caller = require_token()
+    enforce_rate(caller)
+    current = services().queue.status(job_id, caller.tenant)
+    if current is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    if current not in TERMINAL_STATUSES - {"succeeded"}:
+        raise ApiError(409, "not_retryable", f"job {job_id} is {current}; only failed, canceled or expired jobs "
+                       "can be retried", {"status": current})
+    enforce_quota(caller, 1)
+    row = services().queue.retry(job_id, caller.tenant)
+    if row is None:  # it changed between the two reads
+        raise ApiError(409, "not_retryable", f"job {job_id} changed state; read it again")
+    return jsonify({"id": row["id"], "status": row["status"]})

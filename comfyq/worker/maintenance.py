@@ -1,0 +1,154 @@
+"""Background ticks on an apscheduler scheduler: heartbeats renew leases and carry cancel requests to the
+running attempt; rescue and expiry keep the queue correct without n8n or any outside cron; the transport's own
+ticks (Redis: moving due delayed messages, reconciling lost ones) run here too."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from comfyq.db import Database
+from comfyq.errors import ComfyqError, DatabaseUnavailable
+from comfyq.jobs import JobQueue
+from comfyq.worker.attempt import Attempt
+from comfyq.worker.callbacks import CallbackSender
+from comfyq.worker.health import DATABASE, DependencyHealth
+
+log = logging.getLogger(__name__)
+
+CALLBACK_TICK_SECONDS = 1.0
+CALLBACK_BATCH = 50
+CALLBACK_RECLAIM_SECONDS = 600  # a sender gone for this long (crashed mid-delivery) is replaced
+
+
+class Maintenance:
+    """Owns the scheduler thread; the pipeline tells it which attempts hold leases."""
+
+    def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
+                 rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
+                 callbacks: CallbackSender | None = None, health: DependencyHealth | None = None) -> None:
+        self.db = db
+        self.health = health
+        self.queue = queue
+        self.worker_id = worker_id
+        self.status = "running"
+        self.on_flag = on_flag
+        self.callbacks = callbacks
+        self._held: dict[int, Attempt] = {}
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
+                                                                        "misfire_grace_time": None})
+        self.scheduler.add_job(self.heartbeat, "interval", seconds=heartbeat_seconds, id="heartbeat")
+        self.scheduler.add_job(self.rescue, "interval", seconds=rescue_seconds, id="rescue")
+        if callbacks is not None and callbacks.enabled:
+            self.scheduler.add_job(self.deliver_callbacks, "interval", seconds=CALLBACK_TICK_SECONDS,
+                                   id="callbacks")
+        for tick in queue.transport.ticks(queue):  # Redis: RQ's scheduler for delayed messages, the reconciler
+            self.scheduler.add_job(self._guarded(tick.name, tick.run), "interval", seconds=tick.seconds,
+                                   id=tick.name)
+
+    @staticmethod
+    def _guarded(name: str, run: Callable[[], object]) -> Callable[[], None]:
+        def tick() -> None:
+            try:
+                run()
+            except Exception:  # a failed tick is logged; the next one tries again
+                log.exception("%s tick failed", name, extra={"action": name})
+        return tick
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def heartbeat_soon(self) -> None:
+        """Renew leases now rather than at the next interval (the database just came back)."""
+        try:
+            self.scheduler.modify_job("heartbeat", next_run_time=datetime.now(self.scheduler.timezone))
+        except Exception:  # the scheduler is shutting down: the next start renews anyway
+            log.debug("could not bring the heartbeat forward", exc_info=True)
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """wait=False on a cold shutdown: a tick blocked on a hung database must not hold the exit."""
+        self.scheduler.shutdown(wait=wait)
+
+    def track(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._held[attempt.job.id] = attempt
+
+    def untrack(self, attempt: Attempt) -> None:
+        with self._lock:
+            if self._held.get(attempt.job.id) is attempt:
+                del self._held[attempt.job.id]
+
+    def flag_cancel(self, job_id: int) -> None:
+        """A cancel heard through NOTIFY: raise the flag of the attempt we hold for that job, if any."""
+        with self._lock:
+            attempt = self._held.get(job_id)
+        if attempt is not None and not attempt.cancel_requested.is_set():
+            attempt.cancel_requested.set()
+            log.info("job %s: cancel requested", job_id, extra={"action": "cancel_heard", "job_id": job_id})
+            self.on_flag()
+
+    def held(self) -> list[Attempt]:
+        with self._lock:
+            return list(self._held.values())
+
+    def heartbeat(self) -> None:
+        """Mark the worker alive and renew every held lease (running, prefetched, being recorded); raise
+        an attempt's flags when its job was canceled or its lease was lost."""
+        attempts = self.held()
+        down = self.health.down_names() if self.health is not None else []
+        try:
+            self.db.execute("worker_heartbeat", {"id": self.worker_id, "status": self.status,
+                                                 "dependencies_down": down})
+            if attempts:
+                held = self.queue.renew(self.worker_id, [a.lease for a in attempts])
+        except DatabaseUnavailable as exc:
+            if self.health is not None:
+                self.health.down(DATABASE, exc)
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
+            return
+        except ComfyqError as exc:
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
+            return
+        if self.health is not None:
+            self.health.up(DATABASE)
+        if not attempts:
+            return
+        flagged = False
+        for attempt in attempts:
+            if attempt.job.id not in held:
+                if not attempt.lease_lost.is_set():
+                    attempt.lease_lost.set()
+                    flagged = True
+            elif held[attempt.job.id] and not attempt.cancel_requested.is_set():
+                attempt.cancel_requested.set()
+                flagged = True
+        if flagged:
+            self.on_flag()
+
+    def rescue(self) -> None:
+        """Requeue jobs of dead workers and expire queued jobs past their deadline."""
+        try:
+            self.queue.rescue_expired()
+            expired = self.queue.expire_overdue()
+            if expired:
+                log.info("expired %d jobs past their deadline", len(expired), extra={"action": "expire"})
+        except ComfyqError as exc:
+            log.warning("rescue tick failed: %s", exc, extra={"action": "rescue"})
+
+    def deliver_callbacks(self) -> None:
+        """Hand due completion callbacks (the outbox in job_queue) to the sender's threads."""
+        if self.callbacks is None or not self.callbacks.enabled:
+            return
+        try:
+            rows = self.db.fetch_all("claim_callbacks", {"reclaim_seconds": CALLBACK_RECLAIM_SECONDS,
+                                                         "limit": CALLBACK_BATCH})
+        except ComfyqError as exc:
+            log.warning("callback tick failed: %s", exc, extra={"action": "callbacks"})
+            return
+        for row in rows:
+            self.callbacks.notify(row)
