@@ -137,3 +137,4 @@ from tests.http_servers import image_host, receiver  # noqa: E402,F401 - fixture
 from tests.redis_support import backend, redis_backend, redis_conn, redis_url  # noqa: E402,F401 - transport tests
 from tests.s3_server import s3_server, s3_storage  # noqa: E402,F401 - a real S3 API (moto) for storage tests
 from tests.support.db_conns import admin, locker  # noqa: E402,F401 - fixtures of the lost-write tests
+from tests.support.wheel_venv import installed, wheel  # noqa: E402,F401 - the wheel in a new virtualenv

@@ -1,18 +1,13 @@
 """The installed package stands on its own: a wheel built from the checkout, installed into a new virtualenv, runs
 `comfyq migrate`, `comfyq token create` and `comfyq api` from a directory that is not the checkout, against a
 fresh database. Migrations, queries, templates and the gunicorn config come from inside the package.
-
-The new virtualenv reuses the project's installed dependencies (a .pth line naming their site-packages) so the
-test needs no network; comfyq itself comes only from the wheel."""
+The wheel and its virtualenv: tests/support/wheel_venv.py."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import sys
-import sysconfig
-import venv
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,28 +21,6 @@ from tests.conftest import scratch_database
 from tests.e2e_support import free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                    "-w", str(out), str(PROJECT_ROOT)], check=True, timeout=300)
-    [built] = out.glob("comfyq-*.whl")
-    return built
-
-
-@pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bin/ of a new virtualenv holding the wheel (and, through a .pth line, the already installed deps)."""
-    root = tmp_path_factory.mktemp("venv")
-    venv.create(root, with_pip=True)
-    site = subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                           "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)],
-                   check=True, timeout=300)
-    return root / "bin"
 
 
 def test_the_wheel_carries_the_sql_the_templates_and_the_gunicorn_config(wheel: Path) -> None:
