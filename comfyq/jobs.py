@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -10,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from comfyq import jsonio
-from comfyq.db import Database, Row
+from comfyq.db import Database, Listener, Row
 from comfyq.errors import ComfyqError
-from comfyq.transport import Message, PostgresTransport, Transport
+from comfyq.transport import AskPostgres, Message, PostgresTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class ClaimedJob:
 
 
 class JobQueue:
-    """Postgres-backed queue operations shared by the API, the workers and the CLI. The transport decides how
-    workers find the next job (comfyq/transport.py); every state change happens here, in Postgres, either way."""
+    """Postgres-backed queue operations shared by the API, the workers and the CLI. The transport decides which
+    job a worker tries next (comfyq/transport.py); every claim and state change happens here, in Postgres, either
+    way."""
 
     def __init__(self, db: Database, *, lease_seconds: float = 60.0, transport: Transport | None = None) -> None:
         self.db = db
@@ -135,6 +137,10 @@ class JobQueue:
         self._publish_new(rows, jobs)  # after the commit: a worker that gets the message finds the row
         return Submission(rows, replayed=False)
 
+    def idempotency_key_used(self, tenant: str, key: str) -> bool:
+        """Whether a submission under this key exists already: a repeat adds no jobs, so quotas skip it."""
+        return self.db.fetch_one("submission_get", {"tenant": tenant, "key": key}) is not None
+
     def queued_count(self, tenant: str, cap: int) -> int:
         row = self.db.fetch_one("count_queued_for_tenant", {"tenant": tenant, "cap": cap})
         return int(row["n"]) if row else 0
@@ -160,8 +166,25 @@ class JobQueue:
 
     # Worker side --------------------------------------------------------------------------------------
     def claim(self, worker_id: str) -> ClaimedJob | None:
-        """The next job for this worker, as the transport finds it (SKIP LOCKED, or a Redis message)."""
-        return self.transport.claim(self, worker_id)
+        """The next job for this worker. The transport says what to try (the next eligible row, or the job of a
+        Redis message); the claim itself is always made here, and the transport hears how each one went."""
+        with contextlib.closing(self.transport.offers(self.db)) as offers:
+            offer = next(offers, None)
+            while offer is not None:
+                try:
+                    job = (self.claim_next(worker_id) if isinstance(offer, AskPostgres)
+                           else self.claim_by_id(offer, worker_id))
+                except Exception as exc:
+                    with contextlib.suppress(StopIteration):
+                        offers.throw(exc)  # the transport puts back what it took, and re-raises
+                    raise
+                try:
+                    offer = offers.send(job is not None)
+                except StopIteration:
+                    offer = None
+                if job is not None:
+                    return job  # the transport's bookkeeping is done; closing ends it should it offer more
+        return None
 
     def claim_next(self, worker_id: str) -> ClaimedJob | None:
         """The highest-priority eligible job, claimed with SKIP LOCKED."""
@@ -279,6 +302,16 @@ class JobQueue:
 
     def logs(self, job_id: int) -> list[Row]:
         return self.db.fetch_all("job_logs", {"id": job_id})
+
+    def summary(self) -> Row | None:
+        """Depth and waiting times of the whole queue (queued, eligible, delayed, running, expired leases, the
+        oldest and longest waits) in one cheap read, for scrapes and alerts."""
+        return self.db.fetch_one("queue_summary")
+
+    def listen_cancels(self) -> Listener:
+        """A LISTEN connection of its own on cancel requests: each notification's payload is the id of a job
+        whose cancel was just written, so a worker can act before its next heartbeat."""
+        return self.db.listener("listen_cancels")
 
     # Maintenance --------------------------------------------------------------------------------------
     def rescue_expired(self, limit: int = 1000) -> list[Row]:

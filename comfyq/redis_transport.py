@@ -5,8 +5,8 @@ RQ under the message id "<prefix>-<job id>-<attempts>"; a job due later goes to 
 workers run RQ's scheduler to move it when it is due.
 
 Consuming: a worker pops ids like RQ's `Queue.dequeue_any` (highest band first, FIFO inside a band; an idle
-worker blocks in dequeue_any itself) without running the RQ function, and claims that one row with
-claim_job_by_id, the same conditional update as claim_job. A duplicate message, or one for a job that was
+worker blocks in dequeue_any itself) without running the RQ function, and offers its id: JobQueue claims that one
+row with claim_job_by_id, the same conditional update as claim_job. A duplicate message, or one for a job that was
 canceled, claimed elsewhere or is not due, claims nothing.
 
 Safety nets: the reconciler (a worker tick, one worker at a time) re-enqueues queued, due rows that have no
@@ -45,10 +45,9 @@ from rq.serializers import JSONSerializer
 
 from comfyq.db import Database, Listener
 from comfyq.errors import DatabaseUnavailable
-from comfyq.transport import Message, Tick, Transport
+from comfyq.transport import ASK_POSTGRES, Message, Offers, Tick, Transport
 
 if TYPE_CHECKING:
-    from comfyq.jobs import ClaimedJob, JobQueue
     from comfyq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -296,7 +295,9 @@ class RedisTransport(Transport):
         self._mark_up(started)
         return any(lengths)
 
-    def claim(self, queue: JobQueue, worker_id: str) -> ClaimedJob | None:
+    def offers(self, db: Database) -> Offers:
+        """The ids of the messages popped, highest band first (each message consumed once its claim is known);
+        ASK_POSTGRES when Redis is away, or once when a poll came due and Redis had nothing."""
         if self.redis_ok():
             started = time.monotonic()
             try:
@@ -304,59 +305,67 @@ class RedisTransport(Transport):
                     item = self._pending.pop(0) if self._pending else self._pop(None)
                     if item is None:
                         break
-                    claimed = self._claim_message(queue, worker_id, *item)
-                    if claimed is not None:
+                    message, band = item
+                    job_id = self._job_id(message, band)
+                    if job_id is None:
+                        continue
+                    try:
+                        claimed = yield job_id
+                    except DatabaseUnavailable:
+                        try:
+                            band.push_job_id(message.id, at_front=True)  # not consumed: another worker takes it
+                        except RedisError as exc:
+                            self._mark_down(exc)  # the reconciler publishes it again
+                        raise
+                    self._consumed(db, message, job_id, claimed)
+                    if claimed:
                         self._mark_up(started)
                         self._poll_due = False
                         self._polled_empty = False
-                        return claimed
+                        return
                 else:
                     self._polled_empty = False
-                    return None  # a run of stale messages: the loop calls again
+                    return  # a run of stale messages: the loop calls again
                 self._mark_up(started)
             except RedisError as exc:
                 self._mark_down(exc)
         if self.redis_ok() and not self._poll_due:
             self._polled_empty = False
-            return None
-        job = queue.claim_next(worker_id)  # the safety net: Redis away, or an idle poll came due
-        if job is None:
+            return
+        claimed = yield ASK_POSTGRES  # the safety net: Redis away, or an idle poll came due
+        if not claimed:
             self._poll_due = False
             self._polled_empty = True
         else:
             self._polled_empty = False
             self._count("postgres_claims")
-        return job
 
-    def _claim_message(self, queue: JobQueue, worker_id: str, message: Job, band: Queue) -> ClaimedJob | None:
+    def _job_id(self, message: Job, band: Queue) -> int | None:
+        """The job a message names; a message we cannot read is dropped, never fatal."""
         try:
-            job_id = int(message.args[0])
-        except Exception:  # any message we cannot read is dropped, never fatal
+            return int(message.args[0])
+        except Exception:
             log.warning("dropping a malformed message %s from %s", message.id, band.name)
             self.redis.delete(message.key)
             return None
-        try:
-            claimed = queue.claim_by_id(job_id, worker_id)
-        except DatabaseUnavailable:
-            try:
-                band.push_job_id(message.id, at_front=True)  # not consumed: another worker takes it
-            except RedisError as exc:
-                self._mark_down(exc)  # the reconciler publishes it again
-            raise
+
+    def _consumed(self, db: Database, message: Job, job_id: int, claimed: bool) -> None:
+        """The claim of a message's job is known: delete the message, and when it claimed nothing, schedule it
+        again if its job is queued but not yet due (else drop it)."""
         try:
             self.redis.delete(message.key)  # consumed: another copy of the same id still in a list is skipped by RQ
         except RedisError as exc:
-            if claimed is None:
+            if not claimed:
                 raise
             # The claim is committed in Postgres: it must reach the worker, or the job would sit claimed by
             # nobody until its lease ran out. The message left behind claims nothing if it is delivered again.
             self._mark_down(exc)
             log.info("claimed job %s but could not delete its message (delivered again, it claims nothing)",
                      job_id, extra={"action": "redis_unavailable", "job_id": job_id})
-        if claimed is not None:
+        if claimed:
             self._count("redis_claims")
-            return claimed
-        state = queue.db.fetch_one("job_claim_state", {"id": job_id})
+            return
+        state = db.fetch_one("job_claim_state", {"id": job_id})
         if state is not None and state["status"] == "queued" and state["not_due"]:
             self.publish([Message(job_id, state["priority"], state["attempts"], state["run_at"])])
             self._count("rescheduled")
@@ -364,7 +373,6 @@ class RedisTransport(Transport):
             self._count("dropped")
             log.debug("message for job %s claimed nothing (%s)", job_id, state["status"] if state else "gone",
                       extra={"action": "message_dropped", "job_id": job_id})
-        return None
 
     def request_poll(self) -> bool:
         if self._polled_empty:
@@ -392,9 +400,9 @@ class RedisTransport(Transport):
                 return
 
     # Maintenance ----------------------------------------------------------------------------------------
-    def ticks(self, queue: JobQueue) -> list[Tick]:
+    def ticks(self, db: Database) -> list[Tick]:
         return [Tick("redis_scheduler", self.scheduler_seconds, self.move_due_messages),
-                Tick("reconcile", self.reconcile_seconds, lambda: self.reconcile(queue.db))]
+                Tick("reconcile", self.reconcile_seconds, lambda: self.reconcile(db))]
 
     def move_due_messages(self) -> None:
         """RQ's scheduler, as `rq worker --with-scheduler` runs it: whichever worker holds a band's scheduler

@@ -5,20 +5,40 @@ attempt and log lives in job_queue/job_logs, and a claim is always a conditional
   sleeps on LISTEN with a poll fallback.
 - RedisTransport (QUEUE_BACKEND=redis, comfyq/redis_transport.py): job ids also travel through RQ queues, one per
   priority band; a worker pops an id and claims that one row (claim_job_by_id). See docs/redis.md.
+
+A transport never claims: it only says what to try (`offers`), and JobQueue (comfyq/jobs.py) makes the claim and
+tells it how that went. So the transport knows nothing of the queue, and the queue depends on the transport, not
+the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import enum
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from comfyq.db import Database
 
 if TYPE_CHECKING:
-    from comfyq.jobs import ClaimedJob, JobQueue
     from comfyq.settings import Settings
+
+
+class AskPostgres(enum.Enum):
+    """The offer to claim the next eligible row with SKIP LOCKED rather than a given job id."""
+
+    NEXT_ELIGIBLE = "next_eligible"
+
+
+ASK_POSTGRES = AskPostgres.NEXT_ELIGIBLE
+Offer: TypeAlias = int | AskPostgres
+"""What a transport offers to claim: a job id (claim that row if it is still claimable) or ASK_POSTGRES."""
+Offers: TypeAlias = Generator[Offer, bool, None]
+"""One claim's dialogue. The transport yields offers; JobQueue claims each and sends back True (claimed: the
+transport does its bookkeeping and returns) or False (nothing claimed: it yields the next offer, or returns
+when it has none). An exception raised by a claim is thrown in at the yield; the transport may put back what
+it took, and re-raises it."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +80,10 @@ class Transport:
         """Deliver jobs whose rows are committed. Never raises: a message that could not be sent is found
         again by the reconciler (or the Postgres poll)."""
 
-    def claim(self, queue: JobQueue, worker_id: str) -> ClaimedJob | None:
-        return queue.claim_next(worker_id)
+    def offers(self, db: Database) -> Offers:
+        """What one claim should try, in order (see Offers); db is for what the transport itself needs to read.
+        Postgres: the next eligible row, once."""
+        yield ASK_POSTGRES
 
     def waiter(self, db: Database) -> Waiter:
         return db.listener("listen_jobs")
@@ -81,7 +103,7 @@ class Transport:
         (so the worker should claim once more); False when the last claim already did and found none."""
         return False
 
-    def ticks(self, queue: JobQueue) -> list[Tick]:
+    def ticks(self, db: Database) -> list[Tick]:
         return []
 
     def summary(self) -> str | None:

@@ -218,7 +218,7 @@ def test_a_hung_redis_costs_one_timeout_per_retry_period(private_redis: PrivateR
 
     def tick(name: str, queue: JobQueue) -> None:
         """The transport's ticks, on their own thread as comfyq/worker/maintenance.py runs them."""
-        ticks = queue.transport.ticks(queue)
+        ticks = queue.transport.ticks(queue.db)
         due = {t.name: 0.0 for t in ticks}
         while not stop.is_set():
             for t in ticks:

@@ -94,7 +94,7 @@ def test_messages_of_canceled_and_finished_jobs_run_nothing(redis_backend: Backe
     canceled = queue.enqueue(job())["id"]
     queue.cancel(canceled, "default")
     done = queue.enqueue(job())["id"]
-    claimed = PostgresTransport().claim(queue, "pg")  # claimed without its message
+    claimed = queue.claim_next("pg")  # claimed without its message
     assert claimed is not None and claimed.id == canceled + 1 == done
     queue.complete(claimed.lease, [])
     consumer = redis_backend.queue(db)

@@ -9,7 +9,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ from comfyq.api.graph_check import graph_problems
 from comfyq.api.limits import enforce_quota, enforce_rate
 from comfyq.api.metrics import count_submitted
 from comfyq.api.node_check import node_limit_problems
+from comfyq.api.request_body import json_body
 from comfyq.api.schemas import BatchRequest, JobRequest
 from comfyq.api.services import services
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
@@ -38,7 +38,6 @@ PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "
                  "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_JSON_DEPTH = 64  # a ComfyUI graph nests about 5 levels deep
 MAX_ID = 2**63 - 1  # ids are Postgres bigints
 
 
@@ -47,55 +46,7 @@ def _settings() -> Settings:
     return settings
 
 
-def _json_body() -> Any:
-    if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "send JSON with Content-Type: application/json")
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        body = None  # nested far too deep for the parser
-    if body is None:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    _check_storable(body)
-    return body
-
-
-def _check_storable(body: dict[str, Any]) -> None:
-    """Refuse what Postgres cannot store (it would fail the write with a 500): NUL characters and lone
-    surrogates in strings, and numbers that are not finite (NaN, Infinity, 1e400); and bodies nested so
-    deep that encoding them again would hit the recursion limit."""
-    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
-    while stack:
-        value, path, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise ApiError(400, "invalid_json", f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ApiError(400, "invalid_json", "numbers must be finite (no NaN, Infinity or overflowing values)",
-                           {"field": path or "(body)"})
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for key, item in items:
-            where = f"{path}.{key}" if path else str(key)
-            for text in (key, item):
-                if isinstance(text, str) and not _storable_text(text):
-                    raise ApiError(422, "validation_error", "the request body failed validation", [{
-                        "field": where, "problem": "NUL characters and unpaired surrogates cannot be stored",
-                        "type": "string_unstorable"}])
-            if isinstance(item, (dict, list, float)):
-                stack.append((item, where, depth + 1))
-
-
-def _storable_text(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_json_body = json_body  # the former private name, still imported in comfyq.api (test_architecture.py)
 
 
 def _canonical_hash(value: Any) -> str:
@@ -121,7 +72,7 @@ def _idempotency_key() -> str | None:
 def _enforce_quota_unless_replay(caller: Caller, key: str | None, adding: int) -> None:
     """The queued-job quota applies to every new submission; only a repeat of a key already used (answered
     from what it created then, or refused with 409) adds nothing and skips it."""
-    if key is not None and services().db.fetch_one("submission_get", {"tenant": caller.tenant, "key": key}):
+    if key is not None and services().queue.idempotency_key_used(caller.tenant, key):
         return
     enforce_quota(caller, adding)
 
@@ -209,7 +160,7 @@ def _location(job_id: int) -> str:
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     caller = require_token()
     enforce_rate(caller)
-    body = _json_body()
+    body = json_body()
     req = JobRequest.model_validate(body)
     new_job = build_job(req, caller, _settings())
     if req.dedupe and new_job.dedupe_hash:
@@ -255,7 +206,7 @@ def _submit_batch() -> tuple[Response, int]:
     enforce_rate(caller)
     settings = _settings()
     request.max_content_length = settings.max_batch_body_bytes
-    body = _json_body()
+    body = json_body()
     batch = BatchRequest.model_validate(body)
     if len(batch.jobs) > settings.max_batch_jobs:
         raise ApiError(413, "batch_too_large", f"a batch holds at most {settings.max_batch_jobs} jobs",

@@ -7,6 +7,7 @@ import math
 
 from flask import current_app
 
+from comfyq import rate_limit
 from comfyq.api.api_errors import ApiError, bookkeeping_write
 from comfyq.api.auth import Caller
 from comfyq.api.services import services
@@ -19,13 +20,10 @@ def enforce_rate(caller: Caller, cost: int = 1) -> None:
     if rate is None:
         return
     burst = caller.rate_burst or settings.default_rate_burst
-    params = {"tenant": caller.tenant, "rate": rate, "burst": burst, "cost": cost}
-    db = services().db
     with bookkeeping_write():
-        row = (db.fetch_one("rate_take", params) or db.fetch_one("rate_seed", params)
-               or db.fetch_one("rate_take", params))
-    if row is not None and not row["allowed"]:
-        retry_after = max(1, math.ceil(float(row["retry_after"])))
+        wait = rate_limit.take(services().db, caller.tenant, rate=rate, burst=burst, cost=cost)
+    if wait is not None:
+        retry_after = max(1, math.ceil(wait))
         raise ApiError(429, "rate_limited", f"tenant {caller.tenant!r} is limited to {rate:g} requests per second "
                        f"(bursts of {burst})", {"retry_after_seconds": retry_after},
                        headers={"Retry-After": str(retry_after)})

@@ -77,7 +77,7 @@ class QueueCollector:
     def collect(self) -> Iterator[Any]:
         ok = GaugeMetricFamily("comfyq_queue_scrape_ok", "1 when the queue figures below could be read")
         try:
-            row = services().db.fetch_one("queue_summary") if has_app_context() else None
+            row = services().queue.summary() if has_app_context() else None
         except ComfyqError as exc:
             log.warning("queue metrics unavailable: %s", exc, extra={"action": "metrics"})
             row = None

@@ -4,51 +4,37 @@ so a job that ComfyUI would reject is refused with ComfyUI's own detail instead 
 The catalogue is a hint. With none published yet, nothing is checked. The latest one published (by any
 worker) is used, which assumes the ComfyUI instances of a deployment run the same nodes and models; it is
 kept in process for CACHE_SECONDS, after which one cheap query tells whether a newer one must be loaded.
-A catalogue not refreshed for STALE_AFTER is still used for the limits of the classes it knows, but no longer
-to refuse a class it does not know (see comfyq.node_limits.validate_graph, `complete`)."""
+A catalogue not refreshed for comfyq.object_info_store.STALE_AFTER is still used for the limits of the classes it
+knows, but no longer to refuse a class it does not know (see comfyq.node_limits.validate_graph, `complete`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
 
 from comfyq.api.services import services
-from comfyq.db import Database
 from comfyq.errors import ComfyqError
 from comfyq.node_limits import input_limits, short_messages, validate_graph
+from comfyq.object_info_store import Catalogue, ObjectInfoStore
 from comfyq.workflows import Workflow
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 5.0
-STALE_AFTER = timedelta(hours=24)
 _EXTENSION = "comfyq_object_info"
 _create_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    object_info: dict[str, Any]
-    comfyui_url: str
-    content_hash: str
-    fetched_at: datetime
-
-    def fresh(self, now: datetime | None = None) -> bool:
-        """Recent enough to be taken as the complete list of ComfyUI's node classes."""
-        return (now or datetime.now(UTC)) - self.fetched_at <= STALE_AFTER
 
 
 class CatalogueCache:
     """The latest published catalogue, reloaded only when another one (URL or content) became the latest."""
 
-    def __init__(self, db: Database, ttl: float = CACHE_SECONDS) -> None:
-        self.db = db
+    def __init__(self, store: ObjectInfoStore, ttl: float = CACHE_SECONDS) -> None:
+        self.store = store
         self.ttl = ttl
         self._lock = threading.Lock()
         self._checked_at: float | None = None
@@ -67,19 +53,19 @@ class CatalogueCache:
             return self._current
 
     def _load(self) -> Catalogue | None:
-        version = self.db.fetch_one("object_info_latest_version")
+        version = self.store.latest_version()
         if version is None:
             return None
         current = self._current
         if current is not None and (current.comfyui_url, current.content_hash) == (
-                version["comfyui_url"], version["content_hash"]):
-            return Catalogue(current.object_info, current.comfyui_url, current.content_hash, version["fetched_at"])
-        row = self.db.fetch_one("object_info_latest")
-        if row is None or not isinstance(row["object_info"], dict):
+                version.comfyui_url, version.content_hash):
+            return dataclasses.replace(current, fetched_at=version.fetched_at)
+        catalogue = self.store.latest()
+        if catalogue is None:
             return None
-        log.info("loaded the object_info of %s (%d node classes)", row["comfyui_url"], len(row["object_info"]),
-                 extra={"action": "object_info_load"})
-        return Catalogue(row["object_info"], row["comfyui_url"], row["content_hash"], row["fetched_at"])
+        log.info("loaded the object_info of %s (%d node classes)", catalogue.comfyui_url,
+                 len(catalogue.object_info), extra={"action": "object_info_load"})
+        return catalogue
 
 
 def catalogue_cache() -> CatalogueCache:
@@ -90,7 +76,7 @@ def catalogue_cache() -> CatalogueCache:
         with _create_lock:
             cache = app.extensions.get(_EXTENSION)
             if cache is None:
-                cache = CatalogueCache(services().db)
+                cache = CatalogueCache(ObjectInfoStore(services().db))
                 app.extensions[_EXTENSION] = cache
     return cache
 

@@ -17,6 +17,7 @@ import requests
 from standardwebhooks import Webhook
 
 from comfyq.backoff import retry_delay
+from comfyq.callback_outbox import CallbackOutbox
 from comfyq.db import Database
 from comfyq.errors import ConfigurationError, DatabaseError
 from comfyq.netguard import AddressGuard, UnsafeUrl, display_url
@@ -78,7 +79,7 @@ class CallbackSender:
             self._webhook = Webhook(secret) if secret else None
         except Exception as exc:  # binascii.Error, EmptyWebhookSecretError
             raise ConfigurationError(f"the callback secret is not 'whsec_' + base64: {exc}") from exc
-        self.db = db
+        self.outbox = CallbackOutbox(db)
         self.guard = guard
         self.max_tries = max_tries
         self.timeout = timeout
@@ -198,8 +199,8 @@ class CallbackSender:
         state = "delivered" if event == "callback_delivered" else "pending" if extra.get("reason") == "shutdown" \
             else "failed"
         try:
-            self.db.execute("log_callback", {"job_id": delivery.job_id, "event": event, "state": state,
-                                             "attempt": delivery.attempt, "message": message, "details": details})
+            self.outbox.record(delivery.job_id, event=event, state=state, attempt=delivery.attempt, message=message,
+                               details=details)
         except DatabaseError:
             log.warning("could not record the callback outcome of job %s", delivery.job_id, exc_info=True,
                         extra={"action": "callback_log_failed"})

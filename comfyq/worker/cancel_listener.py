@@ -8,8 +8,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from comfyq.db import Database, Listener
+from comfyq.db import Listener
 from comfyq.errors import DatabaseUnavailable
+from comfyq.jobs import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,8 @@ WAIT_SLICE_SECONDS = 1.0
 class CancelListener:
     """Owns its LISTEN connection and thread; calls on_cancel(job_id) for every cancel it hears."""
 
-    def __init__(self, db: Database, on_cancel: Callable[[int], None]) -> None:
-        self.db = db
+    def __init__(self, queue: JobQueue, on_cancel: Callable[[int], None]) -> None:
+        self.queue = queue
         self.on_cancel = on_cancel
         self._listener: Listener | None = None
         self._closing = threading.Event()
@@ -36,7 +37,7 @@ class CancelListener:
         self._thread.join(timeout=WAIT_SLICE_SECONDS + 1)
 
     def _run(self) -> None:
-        listener = self.db.listener("listen_cancels")
+        listener = self.queue.listen_cancels()
         try:
             while not self._closing.is_set():
                 try:

@@ -41,6 +41,7 @@ from comfyq.worker.metrics import WorkerMetrics
 from comfyq.worker.object_info_publisher import ObjectInfoPublisher
 from comfyq.worker.pipeline import TICK_SECONDS, Pipeline
 from comfyq.worker.progress_writer import ProgressWriter
+from comfyq.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Worker:
         self.settings = settings
         self.db = db
         self.worker_id = settings.worker_id or default_worker_id()
+        self.registry = WorkerRegistry(db, self.worker_id)
         self.queue = JobQueue(db, lease_seconds=settings.lease_seconds,
                               transport=build_transport(settings, owner=self.worker_id))
         self.wakeup = WakePipe()
@@ -108,7 +110,7 @@ class Worker:
         self.socket = ComfySocket(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,
                                   on_event=self.wakeup.wake, on_reachable=self._socket_reachable)
         self.progress = ProgressWriter(self.queue, settings.progress_min_interval_seconds)
-        self.cancels = CancelListener(db, self.maintenance.flag_cancel) if settings.cancel_listen else None
+        self.cancels = CancelListener(self.queue, self.maintenance.flag_cancel) if settings.cancel_listen else None
         self.queue.transport.on_health_change(self._redis_changed)
         pipeline_comfy = comfy()
 
@@ -237,8 +239,8 @@ class Worker:
         """Register, waiting for the database if it is down at start (a worker started before Postgres)."""
         while not self.stopping:
             try:
-                self.db.execute("register_worker", {"id": self.worker_id, "host": socket.gethostname(),
-                                                    "pid": os.getpid(), "comfyui_url": self.settings.comfyui_url})
+                self.registry.register(host=socket.gethostname(), pid=os.getpid(),
+                                       comfyui_url=self.settings.comfyui_url)
                 self.health.up(DATABASE)
                 return
             except DatabaseUnavailable as exc:
@@ -358,7 +360,7 @@ class Worker:
         self.maintenance.shutdown(wait=not self.forced)
         self.queue.transport.close()
         try:
-            self.db.execute("worker_stopped", {"id": self.worker_id})
+            self.registry.stopped()
         except ComfyqError as exc:
             log.warning("could not mark worker stopped: %s", exc)
         log.info("worker %s stopped after %d jobs", self.worker_id, self.jobs_run, extra={"action": "worker_stop"})

@@ -11,12 +11,14 @@ from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from comfyq.callback_outbox import CallbackOutbox
 from comfyq.db import Database
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
 from comfyq.worker.attempt import Attempt
 from comfyq.worker.callbacks import CallbackSender
 from comfyq.worker.health import DATABASE, DependencyHealth
+from comfyq.workers_registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class Maintenance:
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
                  rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
                  callbacks: CallbackSender | None = None, health: DependencyHealth | None = None) -> None:
-        self.db = db
+        self.registry = WorkerRegistry(db, worker_id)
+        self.outbox = CallbackOutbox(db)
         self.health = health
         self.queue = queue
         self.worker_id = worker_id
@@ -47,7 +50,7 @@ class Maintenance:
         if callbacks is not None and callbacks.enabled:
             self.scheduler.add_job(self.deliver_callbacks, "interval", seconds=CALLBACK_TICK_SECONDS,
                                    id="callbacks")
-        for tick in queue.transport.ticks(queue):  # Redis: RQ's scheduler for delayed messages, the reconciler
+        for tick in queue.transport.ticks(db):  # Redis: RQ's scheduler for delayed messages, the reconciler
             self.scheduler.add_job(self._guarded(tick.name, tick.run), "interval", seconds=tick.seconds,
                                    id=tick.name)
 
@@ -102,8 +105,7 @@ class Maintenance:
         attempts = self.held()
         down = self.health.down_names() if self.health is not None else []
         try:
-            self.db.execute("worker_heartbeat", {"id": self.worker_id, "status": self.status,
-                                                 "dependencies_down": down})
+            self.registry.heartbeat(self.status, down)
             if attempts:
                 held = self.queue.renew(self.worker_id, [a.lease for a in attempts])
         except DatabaseUnavailable as exc:
@@ -145,8 +147,7 @@ class Maintenance:
         if self.callbacks is None or not self.callbacks.enabled:
             return
         try:
-            rows = self.db.fetch_all("claim_callbacks", {"reclaim_seconds": CALLBACK_RECLAIM_SECONDS,
-                                                         "limit": CALLBACK_BATCH})
+            rows = self.outbox.claim_due(reclaim_seconds=CALLBACK_RECLAIM_SECONDS, limit=CALLBACK_BATCH)
         except ComfyqError as exc:
             log.warning("callback tick failed: %s", exc, extra={"action": "callbacks"})
             return

@@ -4,14 +4,13 @@ hint for the API, never needed to run jobs: every failure here is logged and swa
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from comfyq.db import Database
+from comfyq.object_info_store import ObjectInfoStore
 from comfyq.settings import Settings
 from comfyq.worker.comfy_client import ComfyClient
 
@@ -42,10 +41,7 @@ def publish_object_info(db: Database, comfy: ComfyClient, comfyui_url: str, work
             log.warning("not publishing the object_info of %s: %s", comfyui_url, problem,
                         extra={"action": "object_info_publish"})
             return False
-        text = json.dumps(object_info, sort_keys=True, separators=(",", ":"))
-        db.execute("object_info_upsert", {
-            "comfyui_url": comfyui_url, "object_info": text, "node_count": len(object_info),
-            "content_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(), "worker_id": worker_id})
+        ObjectInfoStore(db).publish(comfyui_url, object_info, worker_id)
     except Exception as exc:  # a hint for the API: nothing here may stop the worker
         log.warning("could not publish the object_info of %s: %s", comfyui_url, exc,
                     extra={"action": "object_info_publish"})
