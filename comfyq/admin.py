@@ -1,12 +1,12 @@
-"""Operator views and chores shared by the API and the CLI: queue statistics and retention (rows, logs and
-stored objects go together)."""
+"""Operator views and chores behind the API's stats and admin routes: queue statistics, the workers, and
+retention (rows, logs and stored objects go together)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from comfyq.db import Database
+from comfyq.db import Database, Row
 from comfyq.storage import Storage, job_prefix, storage_namespace
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,15 @@ def queue_stats(db: Database, tenant: str | None, *, alive_seconds: float,
             "workers": {"alive": int(workers["alive"]), "silent": int(workers["silent"])}}
 
 
-def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> dict[str, int]:
-    """Delete finished jobs older than the age, with their logs and stored objects, in batches. Objects go
+def list_workers(db: Database, *, include_stopped: bool) -> list[Row]:
+    """Workers with their heartbeat age, current job, ComfyUI URL and the dependencies they see down."""
+    return db.fetch_all("list_workers", {"include_stopped": include_stopped})
+
+
+def apply_retention(db: Database, storage: Storage, older_than_seconds: int, *,
+                    tenant: str | None) -> dict[str, int]:
+    """Delete finished jobs older than the age, of one tenant (None: of every tenant, an operator's run), with
+    their logs and stored objects, and the tenant's Idempotency-Keys as old, in batches. Objects go
     first: a failure leaves the rows (and a retry removes the rest) rather than rows pointing at nothing.
     A job's objects are everything under its prefix <installation>/<job>/, so outputs of fenced attempts (a
     lost lease, a late worker) that no row lists go too; keys listed in rows stored before the installation
@@ -47,7 +54,7 @@ def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> 
     while True:
         with db.session() as session, session.transaction():
             batch = session.fetch_all("retention_candidates", {"older_than_seconds": older_than_seconds,
-                                                               "limit": RETENTION_BATCH})
+                                                               "tenant": tenant, "limit": RETENTION_BATCH})
             if not batch:
                 break
             prefixes = {row["id"]: job_prefix(namespace, row["id"]) for row in batch}
@@ -59,7 +66,8 @@ def apply_retention(db: Database, storage: Storage, older_than_seconds: int) -> 
             deleted = session.fetch_all("retention_delete", {"ids": [row["id"] for row in batch]})[0]
             totals["jobs_deleted"] += int(deleted["jobs_deleted"])
             totals["logs_deleted"] += int(deleted["logs_deleted"])
-    db.execute("retention_submissions", {"older_than_seconds": older_than_seconds})
-    log.info("retention removed %(jobs_deleted)s jobs, %(logs_deleted)s log rows, %(objects_deleted)s objects",
-             totals, extra={"action": "retention"})
+    db.execute("retention_submissions", {"older_than_seconds": older_than_seconds, "tenant": tenant})
+    log.info("retention removed %s jobs, %s log rows, %s objects of %s", totals["jobs_deleted"],
+             totals["logs_deleted"], totals["objects_deleted"], tenant or "every tenant",
+             extra={"action": "retention", "tenant": tenant})
     return totals

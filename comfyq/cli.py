@@ -1,4 +1,6 @@
-"""`comfyq`: the operator's command line (migrate, run a worker, run the API, the demo, the embedded DB)."""
+"""`comfyq`: the operator's command line. Everyday commands (status, jobs, submit, workers, token, tenant,
+retention) go through the API with a token (cli_api.py, cli_admin.py); only the bootstrap talks to the database
+(migrate, token import, token create --database), and run, demo and the embedded server's helpers are here."""
 
 from __future__ import annotations
 
@@ -63,9 +65,9 @@ def cmd_db_stop(_args: argparse.Namespace) -> int:
 
 
 def _db(*, may_start_embedded: bool = False):  # type: ignore[no-untyped-def]
-    """The database an operator command works on, named on stderr. Without DATABASE_URL only commands that
-    write (migrate, token, tenant set, retention) start the embedded server, and they say so; a read-only one
-    (workers, lists) refuses rather than show an empty new database."""
+    """The database a bootstrap command works on, named on stderr. Without DATABASE_URL only commands that
+    write (migrate, token import, token create --database) start the embedded server of the documented local
+    default, and they say so; a read-only one refuses rather than show an empty new database."""
     from comfyq import embedded  # noqa: PLC0415
     from comfyq.connect import open_database  # noqa: PLC0415
 
@@ -92,13 +94,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _print_json(value: object) -> None:
-    import json  # noqa: PLC0415
-
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
 def cmd_token_create(args: argparse.Namespace) -> int:
+    """Through the API, or with --database straight into DATABASE_URL: the first token, before any API runs."""
+    from comfyq import cli_admin  # noqa: PLC0415
+
+    if not args.database:
+        return cli_admin.cmd_token_create(args)
+    if not args.tenant or args.api_url or args.token:
+        sys.stderr.write("comfyq token create: --database needs --tenant, and talks to DATABASE_URL, not to an "
+                         "API (drop --api-url and --token)\n")
+        return 2
     from comfyq import tokens  # noqa: PLC0415
 
     db = _db(may_start_embedded=True)
@@ -106,9 +111,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         created = tokens.create(db, args.tenant, args.role, args.description)
     finally:
         db.close()
-    sys.stdout.write(f"{created.token}\n")
-    sys.stderr.write(f"token {created.row['id']} ({created.row['token_prefix']}...) for tenant "
-                     f"{created.row['tenant']}, role {created.row['role']}: store it now, it is not shown again\n")
+    cli_admin.report_created(args, tokens.public(created.row), created.token)
     return 0
 
 
@@ -122,14 +125,15 @@ def cmd_token_import(args: argparse.Namespace) -> int:
         return 2
     db = _db(may_start_embedded=True)
     try:
-        row, created = tokens.import_token(db, secret, args.tenant, args.role, args.description)
+        row, created = tokens.import_token(db, secret, args.tenant, args.role, args.description,
+                                           update_role=args.update_role)
     except ValueError as exc:
         sys.stderr.write(f"comfyq: {args.from_env}: {exc}\n")
         return 2
     finally:
         db.close()
-    sys.stderr.write(f"token {row['token_prefix']}... for tenant {row['tenant']}, role {row['role']}: "
-                     f"{'stored' if created else 'already stored'}\n")
+    outcome = "stored" if created else "role changed" if row.get("role_changed") else "already stored"
+    sys.stderr.write(f"token {row['token_prefix']}... for tenant {row['tenant']}, role {row['role']}: {outcome}\n")
     return 0
 
 
@@ -137,78 +141,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     from comfyq.envfile import main as init_main  # noqa: PLC0415
 
     return init_main(["--env-file", str(args.env_file), "--example", str(args.example)])
-
-
-def cmd_token_list(args: argparse.Namespace) -> int:
-    from comfyq import tokens  # noqa: PLC0415
-
-    db = _db()
-    try:
-        _print_json([tokens.public(row) for row in tokens.list_tokens(db, args.tenant)])
-    finally:
-        db.close()
-    return 0
-
-
-def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from comfyq import tokens  # noqa: PLC0415
-
-    db = _db()
-    try:
-        row = tokens.revoke(db, args.token)
-    finally:
-        db.close()
-    if row is None:
-        log.error("no active token with id or prefix %r", args.token)
-        return 1
-    log.info("revoked token %s (%s...) of tenant %s", row["id"], row["token_prefix"], row["tenant"])
-    return 0
-
-
-def cmd_tenant_set(args: argparse.Namespace) -> int:
-    db = _db(may_start_embedded=True)
-    try:
-        row = db.fetch_one("tenant_upsert", {"name": args.name, "allow_raw_graphs": args.allow_raw_graphs,
-                                             "max_queued_jobs": args.max_queued_jobs,
-                                             "rate_per_second": args.rate_per_second, "rate_burst": args.rate_burst})
-    finally:
-        db.close()
-    _print_json(row)
-    return 0
-
-
-def cmd_tenant_list(_args: argparse.Namespace) -> int:
-    db = _db()
-    try:
-        _print_json(db.fetch_all("tenant_list"))
-    finally:
-        db.close()
-    return 0
-
-
-def cmd_retention(args: argparse.Namespace) -> int:
-    from comfyq.admin import apply_retention  # noqa: PLC0415
-    from comfyq.storage import build_storage  # noqa: PLC0415
-
-    db = _db(may_start_embedded=True)
-    try:
-        _print_json(apply_retention(db, build_storage(get_settings()), int(args.older_than_days * 86400)))
-    finally:
-        db.close()
-    return 0
-
-
-def cmd_workers(args: argparse.Namespace) -> int:
-    from comfyq.cli_api import emit, render_table  # noqa: PLC0415
-
-    db = _db()
-    try:
-        rows = db.fetch_all("list_workers", {"include_stopped": args.all})
-    finally:
-        db.close()
-    emit(args, rows, render_table(rows, ["id", "status", "host", "comfyui_url", "current_job_id", "jobs_done",
-                                         "dependencies_down", "heartbeat_age_s"]) if rows else "no workers")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -235,49 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("db-url", help="print the database URL (starts the embedded server if needed)").set_defaults(
         func=cmd_db_url)
     sub.add_parser("db-stop", help="stop the embedded server").set_defaults(func=cmd_db_stop)
-    token = sub.add_parser("token", help="create, list and revoke API tokens").add_subparsers(dest="action",
-                                                                                             required=True)
-    create = token.add_parser("create", help="create a token (printed once on stdout)")
-    create.add_argument("--tenant", required=True, help="tenant the token belongs to (created if missing)")
-    create.add_argument("--role", choices=["submitter", "admin"], default="submitter",
-                        help="submitter: jobs only; admin: also retention and every tenant's stats")
-    create.add_argument("--description", default="", help="a note shown in `comfyq token list`")
+    from comfyq import cli_admin, cli_api  # noqa: PLC0415
+    from comfyq.tokens import ROLES  # noqa: PLC0415
+
+    token = sub.add_parser("token", help="create, list, revoke and import API tokens").add_subparsers(
+        dest="action", required=True)
+    create = token.add_parser("create", parents=[cli_api.api_options()], description=cli_admin.EXIT_CODES,
+                              help="create a token through the API, or with --database the first one (the secret "
+                                   "is printed once on stdout)")
+    cli_admin.add_token_create_options(create)
+    create.add_argument("--database", action="store_true",
+                        help="bootstrap: write it straight into DATABASE_URL instead of asking the API (needs "
+                             "--tenant; without DATABASE_URL, the embedded server of `comfyq db-url`)")
     create.set_defaults(func=cmd_token_create)
-    imported = token.add_parser("import", help="store a token generated elsewhere (comfyq init), once")
+    imported = token.add_parser("import", help="bootstrap: store a token generated elsewhere (comfyq init) "
+                                               "straight into DATABASE_URL, once")
     imported.add_argument("--from-env", required=True, metavar="VAR",
                           help="environment variable holding the secret (kept off the command line)")
     imported.add_argument("--tenant", required=True, help="tenant the token belongs to (created if missing)")
-    imported.add_argument("--role", choices=["submitter", "admin"], default="submitter", help="what it may do")
+    imported.add_argument("--role", choices=ROLES, default="submitter", help="what it may do (default submitter)")
     imported.add_argument("--description", default="", help="a note shown in `comfyq token list`")
+    imported.add_argument("--update-role", action="store_true",
+                          help="if the secret is stored already for this tenant with another role, give it this "
+                               "role (an upgrade that changes what a deployment's own token is for)")
     imported.set_defaults(func=cmd_token_import)
-    listing = token.add_parser("list", help="list tokens (never their secrets)")
-    listing.add_argument("--tenant", help="only this tenant's tokens")
-    listing.set_defaults(func=cmd_token_list)
-    revoke = token.add_parser("revoke", help="revoke a token by id or prefix")
-    revoke.add_argument("token", help="the token's id or the prefix shown in `comfyq token list`")
-    revoke.set_defaults(func=cmd_token_revoke)
-    tenant = sub.add_parser("tenant", help="create or change tenants and their limits").add_subparsers(
-        dest="action", required=True)
-    tenant_set = tenant.add_parser("set", help="create a tenant or replace its settings")
-    tenant_set.add_argument("name", help="the tenant's name")
-    tenant_set.add_argument("--allow-raw-graphs", action="store_true",
-                            help="let its tokens submit API-format graphs, not only templates")
-    tenant_set.add_argument("--max-queued-jobs", type=int, help="quota of queued jobs (unset: the default)")
-    tenant_set.add_argument("--rate-per-second", type=float, help="sustained requests per second (unset: the default)")
-    tenant_set.add_argument("--rate-burst", type=int, help="requests allowed at once above the rate")
-    tenant_set.set_defaults(func=cmd_tenant_set)
-    tenant.add_parser("list", help="list tenants").set_defaults(func=cmd_tenant_list)
-    retention = sub.add_parser("retention", aliases=["cleanup"],
-                               help="delete finished jobs older than N days with their logs and outputs")
-    retention.add_argument("--older-than-days", type=float, required=True, help="age of the jobs to delete, in days")
-    retention.set_defaults(func=cmd_retention)
-    workers = sub.add_parser("workers", help="workers with heartbeat age, current job and ComfyUI URL")
-    workers.add_argument("--all", action="store_true", help="include stopped workers")
-    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    workers.set_defaults(func=cmd_workers)
-    from comfyq.cli_api import add_commands  # noqa: PLC0415
-
-    add_commands(sub)
+    cli_admin.add_token_commands(token)
+    cli_admin.add_commands(sub)
+    cli_api.add_commands(sub)
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded defaults")
     demo.add_argument("--jobs", type=int, default=20, help="prompts to submit (default 20)")
     demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -286,10 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from comfyq.cli_api import api_failed  # noqa: PLC0415
+    from comfyq.client import ApiCallFailed  # noqa: PLC0415
+
     args = build_parser().parse_args(argv)
     configure(get_settings().log_level, get_settings().log_format)
     try:
         return int(args.func(args))
+    except ApiCallFailed as exc:
+        return api_failed(" ".join(str(part) for part in (args.command, getattr(args, "action", None)) if part), exc)
     except ComfyqError as exc:
         log.error("%s", exc)
         return 1

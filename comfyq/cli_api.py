@@ -1,5 +1,6 @@
-"""Operator commands that go through the HTTP API (submit, status, jobs, cancel, retry): they work from any
-machine that can reach the API with a token, without database access."""
+"""Operator commands that go through the HTTP API (submit, status, jobs, cancel, retry; the admin ones are in
+cli_admin.py): they work from any machine that can reach the API with a token, without database access, and
+each names the API it talks to on stderr."""
 
 from __future__ import annotations
 
@@ -18,8 +19,33 @@ TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
 
 def client(args: argparse.Namespace) -> ApiClient:
+    """The API client for a command, after one stderr line naming the API and where its URL came from."""
     settings = get_settings()
-    return ApiClient(args.api_url or settings.api_url, args.token or settings.api_token)
+    source = "--api-url" if args.api_url else "COMFYQ_API_URL" if "api_url" in settings.model_fields_set \
+        else "default"
+    url = args.api_url or settings.api_url
+    sys.stderr.write(f"api: {url} ({source})\n")
+    return ApiClient(url, args.token or settings.api_token)
+
+
+def api_failed(command: str, exc: ApiCallFailed) -> int:
+    """Report a refused or unreachable call on stderr, with what to set when the cause is the URL or the
+    token; the exit code says which (EXIT_NOT_FOUND for a 404, else EXIT_API)."""
+    hint = {0: " (is the API running there? set COMFYQ_API_URL or pass --api-url)",
+            401: " (set COMFYQ_API_TOKEN or pass --token)"}.get(exc.status, "")
+    sys.stderr.write(f"comfyq {command}: {exc}{hint}\n")
+    if exc.details:
+        sys.stderr.write(json.dumps(exc.details, indent=2) + "\n")
+    return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
+
+
+def api_options() -> argparse.ArgumentParser:
+    """--api-url, --token and --json, shared by every command that goes through the API."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url", help="the API (default COMFYQ_API_URL, http://127.0.0.1:8000)")
+    common.add_argument("--token", help="bearer token (default COMFYQ_API_TOKEN)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return common
 
 
 def emit(args: argparse.Namespace, value: Any, table: str) -> None:
@@ -85,9 +111,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             key = f"{args.idempotency_key}:{start}" if args.idempotency_key else None
             submitted += api.submit_batch(jobs[start:start + args.batch_size], key)
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq submit: {exc}\n")
-        if exc.details:
-            sys.stderr.write(json.dumps(exc.details, indent=2) + "\n")
+        api_failed("submit", exc)
         sys.stderr.write(f"{len(submitted)} of {len(jobs)} jobs were submitted before the error\n")
         return EXIT_API
     if not args.wait:
@@ -96,7 +120,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         final = wait_for(api, [job["id"] for job in submitted], args.timeout, quiet=args.json)
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq submit: {exc}\n")
+        api_failed("submit", exc)
         return EXIT_API
     rows = [{"id": j["id"], "status": j["status"], "attempts": j["attempts"], "priority": j["priority"],
              "output": (j["outputs"][0].get("url") or j["outputs"][0].get("location")) if j["outputs"]
@@ -147,15 +171,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         stats = client(args).stats()
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq status: {exc}\n")
-        return EXIT_API
+        return api_failed("status", exc)
     rows = [{"status": status, "priority": priority, "jobs": count}
             for status in ("running", "queued") for priority, count in stats["by_priority"][status].items()]
     table = render_table(rows, ["status", "priority", "jobs"]) if rows else "the queue is empty"
     oldest = stats["oldest_queued_seconds"]
     table += (f"\n\nqueued {stats['queued']}, running {stats['running']}, oldest queued "
               f"{'-' if oldest is None else f'{oldest:.0f}s'}, workers alive {stats['workers']['alive']} "
-              f"(silent {stats['workers']['silent']}), finished last hour {stats['finished_last_hour']}")
+              f"(silent {stats['workers']['silent']}), finished last hour {stats['finished_last_hour']}; "
+              f"scope: {stats['scope']}")
     emit(args, stats, table)
     return EXIT_OK
 
@@ -173,8 +197,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if len(jobs) >= args.limit:
                 break
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq jobs: {exc}\n")
-        return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
+        return api_failed("jobs", exc)
     rows = [{"id": j["id"], "status": j["status"], "workflow": j["workflow"], "priority": j["priority"],
              "attempts": j["attempts"], "created": j["created_at"]} for j in jobs]
     emit(args, jobs, render_table(rows, ["id", "status", "workflow", "priority", "attempts", "created"]))
@@ -186,8 +209,7 @@ def _one_job_action(args: argparse.Namespace, name: str) -> int:
     try:
         result = api.cancel(args.id) if name == "cancel" else api.retry(args.id)
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq {name}: {exc}\n")
-        return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
+        return api_failed(name, exc)
     emit(args, result, f"job {result['id']}: {result['status']}")
     return EXIT_OK
 
@@ -201,10 +223,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api-url", help="the API (default COMFYQ_API_URL, http://127.0.0.1:8000)")
-    common.add_argument("--token", help="bearer token (default COMFYQ_API_TOKEN)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common = api_options()
 
     submit = sub.add_parser("submit", parents=[common], help="submit a file of prompts (one per line) or JSONL jobs",
                             description="Exit codes: 0 all submitted (with --wait: all succeeded), 1 some jobs "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -13,7 +14,7 @@ from comfyq.errors import ComfyqError
 
 class ApiCallFailed(ComfyqError):
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
+        super().__init__(f"{status} {code}: {message}" if status else message)  # 0: no answer at all
         self.status = status
         self.code = code
         self.details = details
@@ -74,3 +75,33 @@ class ApiClient:
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call("GET", "/stats"))
+
+    # Admin routes (comfyq/api/admin_api.py) ------------------------------------------------------------------
+    def workers(self, *, include_stopped: bool = False) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/admin/workers", params={"all": "true" if include_stopped else "false"})[
+            "workers"])
+
+    def tokens(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/admin/tokens", params={"tenant": tenant} if tenant else {})["tokens"])
+
+    def create_token(self, tenant: str | None, role: str, description: str = "") -> dict[str, Any]:
+        """The new token's row with its secret in `token` (the only time the API shows it)."""
+        body: dict[str, Any] = {"role": role, "description": description}
+        if tenant:
+            body["tenant"] = tenant
+        return dict(self._call("POST", "/admin/tokens", json=body))
+
+    def revoke_token(self, ref: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/admin/tokens/{quote(ref, safe='')}"))
+
+    def tenants(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/admin/tenants")["tenants"])
+
+    def set_tenant(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/admin/tenants/{quote(name, safe='')}", json=settings))
+
+    def retention(self, older_than_days: float, tenant: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"older_than_days": older_than_days}
+        if tenant:
+            body["tenant"] = tenant
+        return dict(self._call("POST", "/admin/retention", json=body))

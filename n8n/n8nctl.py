@@ -281,7 +281,8 @@ def wait_ready(base_url: str, timeout: float = 60, alive: Any = None) -> None:
 # Local instance for `make n8n` ------------------------------------------------------------------------------
 def _secrets(data_dir: Path, env: dict[str, str]) -> None:
     """Fill COMFYQ_N8N_API_TOKEN, COMFYQ_N8N_ADMIN_TOKEN and COMFYQ_N8N_WEBHOOK_KEY when unset: from
-    DATA/secrets.env, else create them once (tokens with the project's `comfyq token create`) and keep them there."""
+    DATA/secrets.env, else create them once (tokens with the project's `comfyq token create --database`, straight
+    into DATABASE_URL) and keep them there. The cleanup token is an operator's: retention covers every tenant."""
     store = data_dir / "secrets.env"
     saved = {}
     if store.exists():
@@ -290,7 +291,8 @@ def _secrets(data_dir: Path, env: dict[str, str]) -> None:
             if key and value:
                 saved[key.strip()] = value.strip()
     comfyq = PROJECT / ".venv" / "bin" / "comfyq"
-    wanted = {"COMFYQ_N8N_API_TOKEN": "submitter", "COMFYQ_N8N_ADMIN_TOKEN": "admin", "COMFYQ_N8N_WEBHOOK_KEY": None}
+    wanted = {"COMFYQ_N8N_API_TOKEN": "submitter", "COMFYQ_N8N_ADMIN_TOKEN": "operator",
+              "COMFYQ_N8N_WEBHOOK_KEY": None}
     for key, role in wanted.items():
         if env.get(key):
             continue
@@ -299,8 +301,8 @@ def _secrets(data_dir: Path, env: dict[str, str]) -> None:
                 saved[key] = secrets.token_urlsafe(24)
             elif comfyq.exists():
                 saved[key] = subprocess.run(
-                    [str(comfyq), "token", "create", "--tenant", env.get("COMFYQ_N8N_TENANT", "default"),
-                     "--role", role, "--description", "n8n (make n8n)"],
+                    [str(comfyq), "token", "create", "--database", "--tenant",
+                     env.get("COMFYQ_N8N_TENANT", "default"), "--role", role, "--description", "n8n (make n8n)"],
                     env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
                 log(f"created a {role} token for n8n (kept in {store})")
             else:

@@ -23,6 +23,7 @@ from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import Settings
 from comfyq.stack import start_api
 from tests.e2e_support import Stack
+from tests.support.api_app import api_app, bearer
 
 JOB = {"workflow": "txt2img", "params": {"prompt": "a fox"}}
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -31,11 +32,8 @@ GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "
 
 @pytest.fixture
 def app(db_url: str, tmp_path: Path) -> Iterator[Flask]:
-    application = create_app(Settings(database_url=db_url, token_cache_seconds=0, storage_dir=tmp_path / "out"))
-    yield application
-    services = application.extensions.get("comfyq")
-    if services is not None:
-        services.db.close()
+    with api_app(database_url=db_url, storage_dir=tmp_path / "out") as application:
+        yield application
 
 
 @pytest.fixture
@@ -47,7 +45,7 @@ def client(app: Flask) -> FlaskClient:
 def token(db: Database) -> Callable[..., dict[str, str]]:
     """Creates a token and returns the Authorization header for it."""
     def make(tenant: str = "acme", role: str = "submitter") -> dict[str, str]:
-        return {"Authorization": f"Bearer {tokens.create(db, tenant, role).token}"}
+        return bearer(db, tenant, role)
     return make
 
 
@@ -289,10 +287,10 @@ def test_retention_deletes_rows_logs_and_files(client: FlaskClient, app: Flask, 
         stored = local.put(f"{claimed.id}/1/out.png", b"png", "image/png")
         queue.complete(claimed.lease, [stored.to_record()])
     sql.execute("UPDATE job_queue SET finished_at = now() - interval '40 days' WHERE id = ANY(%s)", (ids[:2],))
-    response = client.post("/admin/retention", json={"older_than_days": 30}, headers=token("ops", "admin"))
+    response = client.post("/admin/retention", json={"older_than_days": 30}, headers=token("ops", "operator"))
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json() == {"jobs_deleted": 2, "logs_deleted": 6, "objects_deleted": 2,
-                                        "older_than_days": 30}
+                                   "older_than_days": 30, "scope": "all tenants"}
     assert count(sql) == 1
     assert not (local.root / f"{ids[0]}/1/out.png").exists() and (local.root / f"{ids[2]}/1/out.png").exists()
 
@@ -324,21 +322,24 @@ def test_quota_of_queued_jobs(client: FlaskClient, db: Database, token: Callable
 
 
 # CLI ----------------------------------------------------------------------------------------------------------
-def test_token_cli_create_list_revoke(db_url: str) -> None:
+def test_token_create_database_bootstraps_the_first_token(db_url: str, db: Database) -> None:
+    """The one CLI path into the database besides migrate and import: the first token, before any API runs.
+    (Everything else the token command does goes through the API: tests/test_cli_admin.py.)"""
     env = {"DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "comfyq.cli", *args], env=env, capture_output=True, text=True,
                               timeout=60)
 
-    created = cli("token", "create", "--tenant", "acme", "--role", "admin", "--description", "ci")
+    created = cli("token", "create", "--database", "--tenant", "acme", "--role", "operator", "--description", "ci")
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
     assert secret.startswith("cq_") and "not shown again" in created.stderr
-    listed = cli("token", "list", "--tenant", "acme")
-    assert listed.returncode == 0 and secret not in listed.stdout and secret[:11] in listed.stdout
-    assert cli("token", "revoke", secret[:11]).returncode == 0
-    assert cli("token", "revoke", secret[:11]).returncode == 1  # already revoked
+    assert created.stderr.startswith("database: postgresql://")
+    [row] = tokens.list_tokens(db, "acme")
+    assert (row["role"], row["description"], row["token_prefix"]) == ("operator", "ci", secret[:11])
+    assert tokens.lookup(db, secret) is not None
+    assert cli("token", "create", "--database").returncode == 2  # which tenant?
 
 
 def test_retention_with_storage_down_answers_503_and_keeps_the_rows(db_url: str, db: Database, sql: Any,
@@ -353,7 +354,8 @@ def test_retention_with_storage_down_answers_503_and_keeps_the_rows(db_url: str,
     assert claimed is not None
     queue.complete(claimed.lease, [{"key": f"{job_id}/1/a.png", "size": 1, "content_type": "image/png"}])
     sql.execute("UPDATE job_queue SET finished_at = now() - interval '40 days'")
-    response = app.test_client().post("/admin/retention", json={"older_than_days": 30}, headers=token("ops", "admin"))
+    response = app.test_client().post("/admin/retention", json={"older_than_days": 30},
+                                      headers=token("ops", "operator"))
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "storage_unavailable"
     assert response.headers["Retry-After"] and count(sql) == 1
     app.extensions["comfyq"].db.close()

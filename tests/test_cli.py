@@ -83,10 +83,16 @@ def test_every_option_has_help_text() -> None:
     assert missing == []
 
 
-def test_read_only_commands_never_start_an_embedded_server(tmp_path: Path) -> None:
-    """Without DATABASE_URL, `comfyq workers` says what is missing instead of starting an empty database."""
-    env = {"PATH": "/usr/bin:/bin", "COMFYQ_DATA_DIR": str(tmp_path / "var")}
-    done = subprocess.run([sys.executable, "-m", "comfyq.cli", "workers"], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 1 and "DATABASE_URL is not set" in done.stderr
-    assert not (tmp_path / "var" / "pg").exists()
+def test_workers_without_an_api_says_so_and_starts_no_database(tmp_path: Path) -> None:
+    """The issue: in a shell without DATABASE_URL, `comfyq workers` started an embedded Postgres and printed 'no
+    workers'. It goes through the API like `comfyq status`; with none reachable it says which one it tried."""
+    env = {"PATH": "/usr/bin:/bin", "COMFYQ_DATA_DIR": str(tmp_path / "var"), "COMFYQ_API_URL": "http://127.0.0.1:9"}
+    for args in (("workers",), ("workers", "--json"), ("token", "list"), ("tenant", "list")):
+        done = subprocess.run([sys.executable, "-m", "comfyq.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 3 and done.stdout == "", args
+        assert done.stderr.splitlines() == [
+            "api: http://127.0.0.1:9 (COMFYQ_API_URL)",
+            f"comfyq {' '.join(a for a in args if a != '--json')}: cannot reach the API at http://127.0.0.1:9: "
+            "ConnectionError (is the API running there? set COMFYQ_API_URL or pass --api-url)"], done.stderr
+    assert not (tmp_path / "var").exists()

@@ -92,6 +92,11 @@ def test_the_cli_imports_from_an_environment_variable(db_url: str, tmp_path: Pat
     assert run("--from-env", "N8N_TOKEN", "--tenant", "default", N8N_TOKEN="").returncode == 2
     assert run("--from-env", "N8N_TOKEN", "--tenant", "default", "--role", "submitter",
                N8N_TOKEN=secret).returncode == 2
+    moved = run("--from-env", "N8N_TOKEN", "--tenant", "default", "--role", "operator", "--update-role",
+                N8N_TOKEN=secret)  # the compose stack's cleanup token, stored as admin before operators existed
+    assert moved.returncode == 0 and "role operator: role changed" in moved.stderr
+    assert "role operator: already stored" in run("--from-env", "N8N_TOKEN", "--tenant", "default", "--role",
+                                                  "operator", "--update-role", N8N_TOKEN=secret).stderr
 
 
 def test_compose_imports_the_tokens_it_hands_to_n8n() -> None:

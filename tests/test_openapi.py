@@ -38,7 +38,7 @@ from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import PROJECT_ROOT, Settings
 
-API_DIR = PROJECT_ROOT / "webhook-api"
+API_DIR = PROJECT_ROOT / "comfyq" / "api"
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
 GRAPH_JOB = {"graph": GRAPH}
@@ -181,6 +181,11 @@ def fuzz_headers(db: Database) -> dict[str, str]:
 
 
 @pytest.fixture
+def operator_headers(db: Database) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.create(db, 'ops', 'operator').token}"}
+
+
+@pytest.fixture
 def api_schema(app: Flask, db: Database, fuzz_headers: dict[str, str]) -> Any:
     """The API loaded from its own /openapi.json, with jobs 1..4 in every kind of state to read, cancel, retry."""
     queue = JobQueue(db)
@@ -198,7 +203,11 @@ def api_schema(app: Flask, db: Database, fuzz_headers: dict[str, str]) -> Any:
     return schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
 
 
-NOT_FUZZED = {"/admin/retention", "/metrics"}  # retention deletes data (tested by example below); metrics is text
+# Retention deletes data and a revocation could revoke the fuzz token itself (both tested by example below);
+# metrics is text.
+NOT_FUZZED = {"/admin/retention", "/admin/tokens/{ref}", "/metrics"}
+# Read-only routes an admin token only gets 403 from: fuzzed with an operator token, so their answers are checked.
+AS_OPERATOR = {("GET", "/admin/workers"), ("GET", "/admin/tenants"), ("GET", "/admin/tokens")}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 EXAMPLES = 15  # per operation and mode (valid and invalid requests)
@@ -288,7 +297,8 @@ def _describe(exc: BaseException) -> list[str]:
     return [f"{type(exc).__name__}: {exc}".strip(), *notes]
 
 
-def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, str]) -> None:
+def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, str],
+                                       operator_headers: dict[str, str]) -> None:
     """schemathesis against the WSGI app: valid (positive) and invalid (negative) requests of every operation
     must answer a documented status with a documented content type, headers and body, and never a 5xx.
 
@@ -302,8 +312,9 @@ def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, 
         strategies = {mode.value: (operation.as_strategy(generation_mode=mode), EXAMPLES)
                       for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)}
         strategies.update({name: (strategy, TARGETED_EXAMPLES) for name, strategy in targeted(operation).items()})
+        headers = operator_headers if (operation.method.upper(), operation.path) in AS_OPERATOR else fuzz_headers
         for name, (strategy, max_examples) in strategies.items():
-            failure = fuzz(strategy, fuzz_headers, max_examples)
+            failure = fuzz(strategy, headers, max_examples)
             if failure is not None:
                 failures[f"{operation.label} ({name})"] = failure
     assert not failures, "\n\n".join(f"== {label}\n{failure}" for label, failure in failures.items())
@@ -395,6 +406,38 @@ def test_retention_by_example(app: Flask, fuzz_headers: dict[str, str]) -> None:
         "jobs_deleted"] == 0
     call("POST", "/admin/retention", 422, fuzz_headers, body={"older_than_days": 0})
     call("POST", "/admin/retention", 422, fuzz_headers, body={})
+
+
+def test_admin_routes_by_example(app: Flask, db: Database, fuzz_headers: dict[str, str],
+                                 operator_headers: dict[str, str]) -> None:
+    """Each admin route's answers for an operator, for a tenant's admin and across tenants, checked against the
+    document."""
+    call, admin, operator = contract(app), fuzz_headers, operator_headers
+    db.execute("register_worker", {"id": "w1", "host": "h", "pid": 1, "comfyui_url": "http://c"})
+    assert call("GET", "/admin/workers", 200, operator, query={"all": "true"}).json()["workers"][0]["id"] == "w1"
+    call("GET", "/admin/workers", 403, admin)
+    created = call("POST", "/admin/tokens", 201, admin, body={"role": "submitter", "description": "ci"}).json()
+    assert created["tenant"] == "fuzz" and created["token"].startswith(created["token_prefix"])
+    call("POST", "/admin/tokens", 403, admin, body={"role": "operator"})
+    call("POST", "/admin/tokens", 403, admin, body={"tenant": "ops", "role": "submitter"})
+    call("POST", "/admin/tokens", 422, admin, body={"role": "root"})
+    call("POST", "/admin/tokens", 201, operator, body={"tenant": "other", "role": "admin"})
+    assert len(call("GET", "/admin/tokens", 200, admin).json()["tokens"]) == 2  # fuzz's admin and submitter
+    call("GET", "/admin/tokens", 403, admin, query={"tenant": "other"})
+    assert len(call("GET", "/admin/tokens", 200, operator, query={"tenant": "other"}).json()["tokens"]) == 1
+    call("DELETE", "/admin/tokens/{ref}", 404, admin, path_parameters={"ref": "424242"})
+    revoked = call("DELETE", "/admin/tokens/{ref}", 200, admin, path_parameters={"ref": created["token_prefix"]})
+    assert revoked.json()["revoked_at"] is not None
+    tenant = call("PUT", "/admin/tenants/{name}", 200, operator, path_parameters={"name": "other"},
+                  body={"allow_raw_graphs": True, "max_queued_jobs": 5}).json()
+    assert tenant["max_queued_jobs"] == 5 and tenant["active_tokens"] == 1
+    call("PUT", "/admin/tenants/{name}", 403, admin, path_parameters={"name": "fuzz"}, body={})
+    call("PUT", "/admin/tenants/{name}", 422, operator, path_parameters={"name": "other"}, body={"rate_burst": 0})
+    assert "other" in {t["name"] for t in call("GET", "/admin/tenants", 200, operator).json()["tenants"]}
+    call("GET", "/admin/tenants", 403, admin)
+    everyone = call("POST", "/admin/retention", 200, operator, body={"older_than_days": 30}).json()
+    assert everyone["scope"] == "all tenants"
+    call("POST", "/admin/retention", 403, admin, body={"older_than_days": 30, "tenant": "other"})
 
 
 # What the fuzz run found ----------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_retention_removes_fenced_attempts_and_spares_another_installation(
     age(db, job_id)
     age(other_db, other_job)
 
-    removed = apply_retention(db, shared_storage, THIRTY_DAYS)
+    removed = apply_retention(db, shared_storage, THIRTY_DAYS, tenant=None)
 
     assert removed["jobs_deleted"] == 1 and removed["objects_deleted"] == 2
     assert stored_keys(shared_storage) == {other_late, other_kept}
@@ -111,7 +111,7 @@ def test_retention_deletes_the_listed_keys_of_rows_stored_before_installation_id
     assert queue.complete(claimed.lease, [old.to_record()])
     age(db, job_id)
 
-    removed = apply_retention(db, shared_storage, THIRTY_DAYS)
+    removed = apply_retention(db, shared_storage, THIRTY_DAYS, tenant=None)
 
     assert removed["jobs_deleted"] == 1 and removed["objects_deleted"] == 1
     assert stored_keys(shared_storage) == {neighbour.key}
@@ -126,13 +126,13 @@ def test_a_read_only_disk_keeps_the_rows_and_a_retry_removes_the_rest(
     age(db, job_id)
     small_disk.read_only()
     with pytest.raises(StorageUnavailable, match="Read-only file system"):
-        apply_retention(db, storage, THIRTY_DAYS)
+        apply_retention(db, storage, THIRTY_DAYS, tenant=None)
     sql.execute("SELECT count(*) FROM job_queue WHERE id = %s", (job_id,))
     assert sql.fetchone()[0] == 1
     assert stored_keys(storage) == {late_key, kept_key}
 
     small_disk.writable()
-    removed = apply_retention(db, storage, THIRTY_DAYS)
+    removed = apply_retention(db, storage, THIRTY_DAYS, tenant=None)
 
     assert removed["jobs_deleted"] == 1 and removed["objects_deleted"] == 2
     assert stored_keys(storage) == set()

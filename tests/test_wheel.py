@@ -52,7 +52,7 @@ def test_operator_commands_work_from_any_directory(installed: Path, elsewhere: t
                             "comfyq_sql.__file__)"], cwd=cwd, env=env, capture_output=True, text=True, check=True)
     assert str(PROJECT_ROOT) not in where.stdout  # the wheel's copy, not the checkout
     comfyq("migrate")
-    secret = comfyq("token", "create", "--tenant", "default", "--role", "admin").strip()
+    secret = comfyq("token", "create", "--database", "--tenant", "default", "--role", "admin").strip()
     assert secret and "\n" not in secret
     port = free_port()
     api = ManagedProcess("api-from-wheel", [str(installed / "comfyq"), "api", "--bind", f"127.0.0.1:{port}"],

@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
+    from comfyq.api.admin_api import bp as admin_bp  # noqa: PLC0415
     from comfyq.api.api_errors import register_error_handlers  # noqa: PLC0415
     from comfyq.api.health_api import bp as health_bp  # noqa: PLC0415
     from comfyq.api.jobs_api import bp as jobs_bp  # noqa: PLC0415
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(stats_bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(workflows_bp)
     app.register_blueprint(openapi_bp)
     init_metrics(app)

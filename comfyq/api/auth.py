@@ -1,6 +1,8 @@
 """Bearer-token auth: tokens are looked up by their SHA-256 hash (compared in constant time) and bound to a
-tenant and a role. Lookups are cached for COMFYQ_TOKEN_CACHE_SECONDS, so a revoked token stops working within
-that time and a busy API does not read api_tokens on every request."""
+tenant and a role (submitter < admin < operator, comfyq.tokens.ROLES). Lookups are cached for
+COMFYQ_TOKEN_CACHE_SECONDS, so a revoked token stops working within that time and a busy API does not read
+api_tokens on every request. COMFYQ_API_TOKEN, set by whoever deploys the API, is an operator token of
+COMFYQ_API_TENANT."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from comfyq.api.api_errors import ApiError, bookkeeping_write
 from comfyq.api.services import services
 from comfyq.settings import Settings
 
-ROLE_RANK = {"submitter": 0, "admin": 1}
+ROLE_RANK = {role: tokens.rank(role) for role in tokens.ROLES}
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,9 @@ class Caller:
     token_id: int | None = None
 
     @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
+    def is_operator(self) -> bool:
+        """Acts across tenants; every other role acts on its own tenant only."""
+        return self.role == "operator"
 
 
 _cache: dict[str, tuple[float, Caller | None]] = {}
@@ -44,15 +47,15 @@ def _unauthorized(message: str = "a valid 'Authorization: Bearer <token>' header
 
 def _resolve(token: str, settings: Settings) -> Caller | None:
     if settings.api_token and hmac.compare_digest(token.encode(), settings.api_token.encode()):
-        limits = services().db.fetch_one("tenant_limits", {"name": settings.api_tenant}) or {}
-        return Caller(tenant=settings.api_tenant, role="admin", allow_raw_graphs=True,
+        limits = tokens.tenant_limits(services().db, settings.api_tenant) or {}
+        return Caller(tenant=settings.api_tenant, role="operator", allow_raw_graphs=True,
                       max_queued_jobs=limits.get("max_queued_jobs"), rate_per_second=limits.get("rate_per_second"),
                       rate_burst=limits.get("rate_burst"))
     row = tokens.lookup(services().db, token)
     if row is None:
         return None
     with bookkeeping_write():
-        services().db.execute("token_touch", {"id": row["id"]})
+        tokens.touch(services().db, row["id"])
     return Caller(tenant=row["tenant"], role=row["role"], allow_raw_graphs=bool(row["allow_raw_graphs"]),
                   max_queued_jobs=row["max_queued_jobs"], rate_per_second=row["rate_per_second"],
                   rate_burst=row["rate_burst"], token_id=row["id"])

@@ -46,9 +46,6 @@ def _settings() -> Settings:
     return settings
 
 
-_json_body = json_body  # the former private name, still imported in comfyq.api (test_architecture.py)
-
-
 def _canonical_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

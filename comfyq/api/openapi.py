@@ -17,9 +17,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
-from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest
+from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, TenantSettings, TokenRequest
 from comfyq.jobs import STATUSES
 from comfyq.settings import Settings
+from comfyq.tokens import ROLES, TENANT_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -42,7 +43,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 ERROR_DESCRIPTIONS = {
     400: "The request is malformed (see `error.code`).",
     401: "No valid `Authorization: Bearer <token>` header (missing, unknown or revoked token).",
-    403: "The token is valid but may not do this.",
+    403: "The token is valid but may not do this: its role is too low, or it names another tenant than its own "
+         "(only an operator token acts across tenants).",
     404: "No such resource for this tenant (another tenant's job is a 404 too).",
     409: "The request conflicts with the resource's current state.",
     413: "The body or the batch is larger than this deployment allows.",
@@ -84,6 +86,12 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/stats"): {**AUTH_ERRORS},
     ("post", "/admin/retention"): {**AUTH_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"],
                                    503: ["database_unavailable", "outcome_unknown", "storage_unavailable"]},
+    ("get", "/admin/workers"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
+    ("get", "/admin/tokens"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
+    ("post", "/admin/tokens"): {**WRITE_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"]},
+    ("delete", "/admin/tokens/{ref}"): {**WRITE_ERRORS, 403: ["forbidden"], 404: ["not_found"]},
+    ("get", "/admin/tenants"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
+    ("put", "/admin/tenants/{name}"): {**WRITE_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"]},
     ("get", "/workflows"): {**AUTH_ERRORS},
     ("get", "/workflows/{name}"): {**AUTH_ERRORS, 404: ["not_found"]},
 }
@@ -240,17 +248,21 @@ def _response_schemas() -> dict[str, Any]:
                 "workers": {"type": "object", "required": ["alive", "silent"], "additionalProperties": False,
                             "description": "Workers of the whole deployment (not per tenant).",
                             "properties": {"alive": count, "silent": count}},
-                "scope": {"type": "string", "description": "`all tenants` for an admin token, else the tenant."}},
+                "scope": {"type": "string", "description": "`all tenants` for an operator token, else the tenant."}},
             "examples": [{"queued": 4, "running": 1, "by_priority": {"queued": {"9": 1, "5": 1, "0": 2},
                                                                    "running": {"0": 1}},
                           "oldest_queued_seconds": 12.5, "finished_last_hour": {"succeeded": 40, "failed": 1},
                           "workers": {"alive": 2, "silent": 0}, "scope": "acme"}]},
         "RetentionResult": {
             "type": "object", "additionalProperties": False,
-            "required": ["jobs_deleted", "logs_deleted", "objects_deleted", "older_than_days"],
+            "required": ["jobs_deleted", "logs_deleted", "objects_deleted", "older_than_days", "scope"],
             "properties": {"jobs_deleted": count, "logs_deleted": count, "objects_deleted": count,
-                           "older_than_days": {"type": "number"}},
-            "examples": [{"jobs_deleted": 2, "logs_deleted": 6, "objects_deleted": 2, "older_than_days": 30}]},
+                           "older_than_days": {"type": "number"},
+                           "scope": {"type": "string", "description": "The tenant whose jobs were deleted, or "
+                                                                      "`all tenants` (an operator naming none)."}},
+            "examples": [{"jobs_deleted": 2, "logs_deleted": 6, "objects_deleted": 2, "older_than_days": 30,
+                          "scope": "acme"}]},
+        **_admin_schemas(time, count),
         "Health": {"type": "object", "required": ["status"], "additionalProperties": False,
                    "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}}},
         "NodeLimit": {
@@ -290,6 +302,77 @@ def _response_schemas() -> dict[str, Any]:
     }
 
 
+def _admin_schemas(time: dict[str, Any], count: dict[str, Any]) -> dict[str, Any]:
+    """The answers of the /admin routes: workers, tokens and tenants."""
+    tenant = {"type": "string", "pattern": TENANT_PATTERN}
+    token: dict[str, Any] = {
+        "id": {"type": "integer"}, "tenant": tenant,
+        "role": {"type": "string", "enum": list(ROLES)},
+        "token_prefix": {"type": "string", "description": "The secret's first 11 characters: names the token in "
+                                                          "lists and revocations, and is not enough to use it."},
+        "description": {"type": "string"}, "created_at": time,
+        "last_used_at": _nullable(time) | {"description": "Updated at most once a minute."},
+        "revoked_at": _nullable(time)}
+    token_example = {"id": 7, "tenant": "acme", "role": "submitter", "token_prefix": "cq_AbCdEfGh",
+                     "description": "n8n", "created_at": "2026-01-05T10:00:00+00:00", "last_used_at": None,
+                     "revoked_at": None}
+    return {
+        "Worker": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "status", "host", "pid", "comfyui_url", "current_job_id", "jobs_done",
+                         "dependencies_down", "started_at", "heartbeat_at", "heartbeat_age_seconds"],
+            "properties": {
+                "id": {"type": "string"}, "status": {"type": "string", "enum": ["running", "draining", "stopped"]},
+                "host": {"type": "string"}, "pid": {"type": "integer"}, "comfyui_url": {"type": "string"},
+                "current_job_id": _nullable({"type": "integer"}) | {"description": "Of any tenant."},
+                "jobs_done": count,
+                "dependencies_down": {"type": "array", "items": {"type": "string"},
+                                      "description": "What the worker sees down now (`comfyui`, `database`, "
+                                                     "`storage`, `redis`): it claims nothing meanwhile."},
+                "started_at": time, "heartbeat_at": time,
+                "heartbeat_age_seconds": {"type": "number", "description": "Seconds since the last heartbeat; a "
+                                          "live worker beats every COMFYQ_HEARTBEAT_SECONDS."}},
+            "examples": [{"id": "gpu-1", "status": "running", "host": "gpu-1", "pid": 4242,
+                          "comfyui_url": "http://gpu-1:8188", "current_job_id": 17, "jobs_done": 1234,
+                          "dependencies_down": [], "started_at": "2026-01-05T09:00:00+00:00",
+                          "heartbeat_at": "2026-01-05T10:00:00+00:00", "heartbeat_age_seconds": 2.5}]},
+        "WorkerList": {
+            "type": "object", "required": ["workers"], "additionalProperties": False,
+            "properties": {"workers": {"type": "array", "items": _ref("Worker"),
+                                       "description": "Most recent heartbeat first."}}},
+        "Token": {
+            "type": "object", "additionalProperties": False, "required": list(token), "properties": token,
+            "description": "A token as listings show it: never its secret, which only its creation answers.",
+            "examples": [token_example]},
+        "TokenList": {
+            "type": "object", "required": ["tokens"], "additionalProperties": False,
+            "properties": {"tokens": {"type": "array", "items": _ref("Token"), "description": "By id."}}},
+        "NewToken": {
+            "type": "object", "additionalProperties": False, "required": [*token, "token"],
+            "properties": {**token, "token": {"type": "string", "description": "The secret: shown this once, "
+                                                                              "stored only as a hash."}},
+            "examples": [token_example | {"token": "cq_AbCdEfGh0123456789abcdefghijklmnopqrstuvw"}]},
+        "Tenant": {
+            "type": "object", "additionalProperties": False,
+            "required": ["name", "allow_raw_graphs", "max_queued_jobs", "rate_per_second", "rate_burst",
+                         "created_at", "active_tokens"],
+            "properties": {
+                "name": tenant, "allow_raw_graphs": {"type": "boolean"},
+                "max_queued_jobs": _nullable(count) | {"description": "null: COMFYQ_DEFAULT_MAX_QUEUED_JOBS."},
+                "rate_per_second": _nullable({"type": "number"}) | {
+                    "description": "null: COMFYQ_DEFAULT_RATE_PER_SECOND."},
+                "rate_burst": _nullable({"type": "integer", "minimum": 1}) | {
+                    "description": "null: COMFYQ_DEFAULT_RATE_BURST."},
+                "created_at": time, "active_tokens": count},
+            "examples": [{"name": "acme", "allow_raw_graphs": False, "max_queued_jobs": 100000,
+                          "rate_per_second": 50.0, "rate_burst": 200, "created_at": "2026-01-05T10:00:00+00:00",
+                          "active_tokens": 2}]},
+        "TenantList": {
+            "type": "object", "required": ["tenants"], "additionalProperties": False,
+            "properties": {"tenants": {"type": "array", "items": _ref("Tenant"), "description": "By name."}}},
+    }
+
+
 # Request schemas ----------------------------------------------------------------------------------------------
 FIELD_DESCRIPTIONS = {
     "workflow": "A template name (GET /workflows lists them). Exactly one of `workflow` and `graph`.",
@@ -305,6 +388,13 @@ FIELD_DESCRIPTIONS = {
     "dedupe": "When a job with the same workflow and params (or graph) already succeeded for this tenant, "
               "answer it (200, `deduplicated: true`) instead of queueing a new one. Not allowed in batches.",
     "older_than_days": "Delete jobs that finished more than this many days ago, with their logs and outputs.",
+    "role": "submitter: the tenant's jobs; admin: also the tenant's tokens and retention; operator: the whole "
+            "deployment. A token creates tokens of its own role or lower.",
+    "description": "A note shown in listings.",
+    "allow_raw_graphs": "The tenant's tokens may submit API-format graphs, not only templates.",
+    "max_queued_jobs": "Quota of queued jobs; left out: COMFYQ_DEFAULT_MAX_QUEUED_JOBS.",
+    "rate_per_second": "Sustained write requests per second; left out: COMFYQ_DEFAULT_RATE_PER_SECOND.",
+    "rate_burst": "Requests allowed at once above the rate; left out: COMFYQ_DEFAULT_RATE_BURST.",
 }
 
 
@@ -338,8 +428,16 @@ def _request_schemas(settings: Settings, components: dict[str, Any]) -> dict[str
     batch["properties"]["jobs"]["description"] = (
         f"1 to {settings.max_batch_jobs} jobs (COMFYQ_MAX_BATCH_JOBS), each as for POST /jobs but without "
         "`dedupe`. All are validated first: one bad item refuses the whole batch.")
-    return {"JobRequest": job, "BatchRequest": batch,
-            "RetentionRequest": _model_schema(RetentionRequest, components)}
+    retention = _model_schema(RetentionRequest, components)
+    retention["properties"]["tenant"]["description"] = (
+        "Only this tenant's jobs. A tenant's admin may name only its own tenant (the default for it); an operator "
+        "may name any, and without it deletes the old jobs of every tenant.")
+    token = _model_schema(TokenRequest, components)
+    token["properties"]["tenant"]["description"] = (
+        "The tenant the token belongs to (created if missing); default: the caller's. A tenant's admin may name "
+        "only its own.")
+    return {"JobRequest": job, "BatchRequest": batch, "RetentionRequest": retention, "TokenRequest": token,
+            "TenantSettings": _model_schema(TenantSettings, components)}
 
 
 # Operations ---------------------------------------------------------------------------------------------------
@@ -447,16 +545,20 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
         "/stats": {
             "get": {
                 "operationId": "getStats", "tags": ["stats"], "summary": "Queue statistics",
-                "description": "The tenant's own queue; an admin token sees all tenants.",
+                "description": "The tenant's own queue; an operator token sees all tenants.",
                 "responses": {"200": _json(_ref("Stats"), "Statistics.")}}},
         "/admin/retention": {
             "post": {
                 "operationId": "applyRetention", "tags": ["admin"], "summary": "Delete old finished jobs",
-                "description": "Admin role. Deletes finished jobs older than the age, of every tenant, with "
-                               "their logs and stored outputs, and forgets Idempotency-Keys as old.",
+                "description": "Admin role. Deletes finished jobs older than the age, with their logs and stored "
+                               "outputs, and forgets Idempotency-Keys as old: a tenant's admin those of its own "
+                               "tenant; an operator those of every tenant, or of the tenant it names.",
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": _ref("RetentionRequest"), "examples": {"month": {"value": {"older_than_days": 30}}}}}},
+                    "schema": _ref("RetentionRequest"), "examples": {
+                        "month": {"value": {"older_than_days": 30}},
+                        "one tenant": {"value": {"older_than_days": 30, "tenant": "acme"}}}}}},
                 "responses": {"200": _json(_ref("RetentionResult"), "What was deleted.")}}},
+        **_admin_operations(),
         "/workflows": {
             "get": {
                 "operationId": "listWorkflows", "tags": ["workflows"], "summary": "List the templates",
@@ -493,6 +595,67 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
+def _admin_operations() -> dict[str, dict[str, Any]]:
+    """Workers, tokens and tenants: what `comfyq workers`, `comfyq token` and `comfyq tenant` call."""
+    tenant_query = {"name": "tenant", "in": "query", "required": False,
+                    "schema": {"type": "string", "pattern": TENANT_PATTERN},
+                    "description": "Only this tenant's tokens. A tenant's admin may name only its own."}
+    return {
+        "/admin/workers": {
+            "get": {
+                "operationId": "listWorkers", "tags": ["admin"], "summary": "The workers and what they see",
+                "description": "Operator role (workers serve every tenant). Each worker with its heartbeat age, "
+                               "current job, ComfyUI URL and the dependencies it sees down. Stopped workers only "
+                               "with `all=true`. Unknown query parameters are a 400.",
+                "parameters": [{"name": "all", "in": "query", "required": False, "schema": {"type": "boolean"},
+                                "description": "Include stopped workers."}],
+                "responses": {"200": _json(_ref("WorkerList"), "The workers.")}}},
+        "/admin/tokens": {
+            "get": {
+                "operationId": "listTokens", "tags": ["admin"], "summary": "List tokens (never their secrets)",
+                "description": "Admin role: the tokens of the caller's tenant, operator tokens left out. Operator: "
+                               "every tenant's, or the named tenant's.",
+                "parameters": [tenant_query],
+                "responses": {"200": _json(_ref("TokenList"), "The tokens, revoked ones included.")}},
+            "post": {
+                "operationId": "createToken", "tags": ["admin"], "summary": "Create a token",
+                "description": "Admin role: a submitter or admin token of the caller's tenant. Operator: any role, "
+                               "for any tenant (created if missing). The answer holds the secret, once.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("TokenRequest"), "examples": {
+                        "submitter": {"value": {"role": "submitter", "description": "n8n"}},
+                        "for a tenant": {"value": {"tenant": "acme", "role": "admin"}}}}}},
+                "responses": {"201": _json(_ref("NewToken"), "Created; `token` is the secret.")}}},
+        "/admin/tokens/{ref}": {
+            "delete": {
+                "operationId": "revokeToken", "tags": ["admin"], "summary": "Revoke a token",
+                "description": "By id or by the prefix listings show. Admin role: a token of the caller's tenant, "
+                               "not an operator's (others are a 404). Operator: any. It stops working within "
+                               "COMFYQ_TOKEN_CACHE_SECONDS.",
+                "parameters": [{"name": "ref", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^([0-9]{1,19}|cq_[A-Za-z0-9_-]{8})$"},
+                                "description": "The token's id, or its `token_prefix`."}],
+                "responses": {"200": _json(_ref("Token"), "Revoked.")}}},
+        "/admin/tenants": {
+            "get": {
+                "operationId": "listTenants", "tags": ["admin"], "summary": "List tenants with their settings",
+                "description": "Operator role.",
+                "responses": {"200": _json(_ref("TenantList"), "Every tenant.")}}},
+        "/admin/tenants/{name}": {
+            "put": {
+                "operationId": "setTenant", "tags": ["admin"], "summary": "Create a tenant or replace its settings",
+                "description": "Operator role. Every setting the body leaves out is reset to its default (no raw "
+                               "graphs, the deployment's default limits).",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": TENANT_PATTERN}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("TenantSettings"), "examples": {
+                        "limits": {"value": {"max_queued_jobs": 100000, "rate_per_second": 50, "rate_burst": 200}},
+                        "raw graphs": {"value": {"allow_raw_graphs": True}}}}}},
+                "responses": {"200": _json(_ref("Tenant"), "The tenant as it is now.")}}},
+    }
+
+
 def _paths(settings: Settings) -> dict[str, Any]:
     operations = _operations(settings)
     paths: dict[str, Any] = {}
@@ -521,8 +684,9 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "summary": "A batch job queue for ComfyUI.",
             "description": "Submit ComfyUI jobs (templates with params, or raw graphs), follow them, cancel and "
                            "retry them. Every error answers `{\"error\": {\"code\", \"message\", \"details\"}}`. "
-                           "Tokens are bound to a tenant and a role (`submitter` or `admin`); a tenant sees only "
-                           "its own jobs. See docs/api.md.",
+                           "Tokens are bound to a tenant and a role (`submitter`, `admin` or `operator`); a "
+                           "tenant sees only its own jobs, a tenant's admin acts on its own tenant only, an "
+                           "operator across tenants. See docs/api.md.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
         "tags": [{"name": "jobs"}, {"name": "workflows"}, {"name": "stats"}, {"name": "admin"},
                  {"name": "health"}],
@@ -532,7 +696,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "`Authorization: Bearer <token>`: a token from `comfyq token create` (stored only "
-                               "as a hash), or COMFYQ_API_TOKEN, an admin token of tenant "
+                               "as a hash), or COMFYQ_API_TOKEN, an operator token of tenant "
                                f"`{settings.api_tenant}`."}}},
     }
 

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from comfyq.tokens import TENANT_PATTERN, Role
 
 
 class JobRequest(BaseModel):
@@ -58,9 +69,36 @@ class BatchRequest(BaseModel):
     jobs: list[dict[str, Any]] = Field(min_length=1)
 
 
+TenantName = Annotated[str, Field(strict=True, pattern=TENANT_PATTERN)]
+INT32_MAX = 2**31 - 1  # the tenants table's integer columns
+
+
 class RetentionRequest(BaseModel):
-    """POST /admin/retention: delete finished jobs older than this (with their logs and outputs)."""
+    """POST /admin/retention: delete finished jobs older than this (with their logs and outputs), of the
+    caller's tenant, or for an operator of every tenant or the one named."""
 
     model_config = ConfigDict(extra="forbid")
 
     older_than_days: float = Field(gt=0, le=36500)
+    tenant: TenantName | None = None
+
+
+class TokenRequest(BaseModel):
+    """POST /admin/tokens: a new token; the tenant defaults to the caller's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantName | None = None
+    role: Role = "submitter"
+    description: StrictStr = Field(default="", max_length=200)
+
+
+class TenantSettings(BaseModel):
+    """PUT /admin/tenants/{name}: the tenant's whole settings; a limit left out falls back to the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_raw_graphs: StrictBool = False
+    max_queued_jobs: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
+    rate_per_second: Annotated[float, Field(strict=True, gt=0, le=1_000_000)] | None = None
+    rate_burst: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)

@@ -348,9 +348,11 @@ SELECT count(*) FILTER (WHERE heartbeat_at > now() - make_interval(secs => %(ali
 FROM workers WHERE status <> 'stopped';
 
 -- name: retention_candidates
+-- Finished jobs older than the age, of one tenant or (tenant NULL: an operator's run) of all.
 SELECT id, outputs FROM job_queue
 WHERE status IN ('succeeded', 'failed', 'canceled', 'expired')
   AND finished_at < now() - make_interval(secs => %(older_than_seconds)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY finished_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
@@ -364,7 +366,8 @@ WITH logs AS (
 SELECT (SELECT count(*) FROM jobs) AS jobs_deleted, (SELECT count(*) FROM logs) AS logs_deleted;
 
 -- name: retention_submissions
-DELETE FROM submissions WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s);
+DELETE FROM submissions WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- Queue transport (comfyq/transport.py, comfyq/redis_transport.py). With QUEUE_BACKEND=redis a message names a
 -- job; Postgres still decides whether it runs.

@@ -6,30 +6,43 @@ VALUES (%(name)s, %(allow_raw_graphs)s, %(max_queued_jobs)s, %(rate_per_second)s
 ON CONFLICT (name) DO UPDATE
 SET allow_raw_graphs = EXCLUDED.allow_raw_graphs, max_queued_jobs = EXCLUDED.max_queued_jobs,
     rate_per_second = EXCLUDED.rate_per_second, rate_burst = EXCLUDED.rate_burst
-RETURNING *;
+RETURNING *, (SELECT count(*) FROM api_tokens k WHERE k.tenant = tenants.name AND k.revoked_at IS NULL)
+          AS active_tokens;
 
 -- name: tenant_ensure
 INSERT INTO tenants (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING;
 
 -- name: tenant_list
+-- Every tenant, or the one named.
 SELECT t.*, (SELECT count(*) FROM api_tokens k WHERE k.tenant = t.name AND k.revoked_at IS NULL) AS active_tokens
-FROM tenants t ORDER BY t.name;
+FROM tenants t
+WHERE %(name)s::text IS NULL OR t.name = %(name)s
+ORDER BY t.name;
 
 -- name: token_insert
 INSERT INTO api_tokens (tenant, role, token_hash, token_prefix, description)
 VALUES (%(tenant)s, %(role)s, %(token_hash)s, %(token_prefix)s, %(description)s)
-RETURNING id, tenant, role, token_prefix, description, created_at;
+RETURNING id, tenant, role, token_prefix, description, created_at, last_used_at, revoked_at;
 
 -- name: token_list
+-- The tokens of one tenant (or of all) whose role is among `roles`: a tenant's admin sees no operator tokens.
 SELECT id, tenant, role, token_prefix, description, created_at, last_used_at, revoked_at
 FROM api_tokens
-WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s
+WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND role = ANY(%(roles)s::text[])
 ORDER BY id;
 
 -- name: token_revoke
+-- By id or prefix, within the same scope as token_list.
 UPDATE api_tokens SET revoked_at = now()
 WHERE (id::text = %(ref)s OR token_prefix = %(ref)s) AND revoked_at IS NULL
-RETURNING id, tenant, role, token_prefix;
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND role = ANY(%(roles)s::text[])
+RETURNING id, tenant, role, token_prefix, description, created_at, last_used_at, revoked_at;
+
+-- name: token_set_role
+-- `comfyq token import --update-role`: a stored, active token takes the role the deployment now gives it.
+UPDATE api_tokens SET role = %(role)s
+WHERE id = %(id)s AND revoked_at IS NULL
+RETURNING id, tenant, role, token_prefix, revoked_at, false AS created, true AS role_changed;
 
 -- name: token_lookup
 -- The caller behind a token hash, with its tenant's limits; revoked tokens are returned so the caller can

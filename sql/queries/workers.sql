@@ -14,7 +14,7 @@ UPDATE workers SET status = 'stopped', stopped_at = now(), current_job_id = NULL
 
 -- name: list_workers
 SELECT id, status, host, pid, comfyui_url, current_job_id, jobs_done, dependencies_down, started_at, heartbeat_at,
-       round(extract(epoch FROM now() - heartbeat_at)::numeric, 1) AS heartbeat_age_s
+       round(extract(epoch FROM now() - heartbeat_at)::numeric, 1)::float8 AS heartbeat_age_seconds
 FROM workers
 WHERE %(include_stopped)s OR status <> 'stopped'
 ORDER BY heartbeat_at DESC;

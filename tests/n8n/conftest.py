@@ -119,7 +119,7 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
         db = Database(n8n_db_url, SQL_DIR)
         try:
             submitter = tokens.create(db, TENANT, "submitter", "n8n tests").token
-            admin = tokens.create(db, TENANT, "admin", "n8n tests").token
+            admin = tokens.create(db, TENANT, "operator", "n8n tests").token  # cleanup: every tenant
             thresholds = {row["name"]: row["value"] for row in db.fetch_all("monitor_thresholds")}
         finally:
             db.close()

@@ -57,7 +57,7 @@ def test_cleanup_removes_old_jobs_logs_and_files_and_keeps_recent_ones(fresh: N8
 
     [removed] = n8nctl.node_output(run, "Apply retention")
     assert removed == {"jobs_deleted": 2, "logs_deleted": logs_before[old_a] + logs_before[old_b],
-                       "objects_deleted": 2, "older_than_days": 30}
+                       "objects_deleted": 2, "older_than_days": 30, "scope": "all tenants"}
     assert [r[0] for r in rows(fresh, "SELECT id FROM job_queue ORDER BY id")] == [recent]
     assert {r[0] for r in rows(fresh, "SELECT DISTINCT job_id FROM job_logs")} == {recent}
     assert not (fresh.storage_dir / f"{old_a}/1/out.png").exists()
