@@ -30,10 +30,11 @@ test: $(STAMP) ## Run the whole test suite (TEST_DATABASE_URL, else embedded Pos
 test-fast: $(STAMP) ## Run the tests that need no child processes
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP) ## ruff, mypy and the import contracts (lint-imports)
+lint: $(STAMP) ## ruff, mypy (strict), the import contracts (lint-imports) and dead code (vulture)
 	$(BIN)/ruff check comfyq worker tests bench
 	$(BIN)/mypy -p comfyq
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 migrate: $(STAMP) ## Apply pending migrations to DATABASE_URL (or the embedded server)
 	$(BIN)/comfyq migrate
@@ -73,8 +74,9 @@ n8n-stop: ## Stop the n8n started by `make n8n`
 test: n8n-install system-tools
 
 .PHONY: system-tools
-system-tools: ## Install and start what tests call: promtool (Debian's prometheus), a Redis on 127.0.0.1:6379
+system-tools: ## Install and start what tests call: promtool (Debian's prometheus), nginx, a Redis on 127.0.0.1:6379
 	@command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -q && apt-get install -y -q --no-install-recommends nginx; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
 	  command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }; \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; }

@@ -15,7 +15,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -267,14 +267,6 @@ def run_wrk(url: str, script: Path, *, seconds: float, connections: int = 8, thr
     return {"requests": raw["requests"], "rps": raw["requests"] / (raw["duration_us"] / 1e6),
             "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
             "max_ms": raw["max_us"] / 1000, "errors": raw["socket_errors"] + raw["non2xx"]}
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[Callable[[], float]]:
-    started = time.perf_counter()
-    ended: list[float] = []
-    yield lambda: (ended[0] if ended else time.perf_counter()) - started
-    ended.append(time.perf_counter())
 
 
 def standalone(run: Callable[[Path, bool], list[Figure]], doc: str | None, argv: list[str] | None = None) -> int:

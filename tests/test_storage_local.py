@@ -36,7 +36,7 @@ def test_put_is_atomic_and_leaves_no_partial_files(tmp_path: Path, monkeypatch: 
     storage = LocalStorage(tmp_path)
     storage.put("1/1/a.png", b"old", "image/png")
 
-    def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(_src: str, _dst: str) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)

@@ -8,7 +8,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from comfyq.db import Listener
 from comfyq.errors import DatabaseUnavailable
 from comfyq.jobs import JobQueue
 
@@ -24,7 +23,6 @@ class CancelListener:
     def __init__(self, queue: JobQueue, on_cancel: Callable[[int], None]) -> None:
         self.queue = queue
         self.on_cancel = on_cancel
-        self._listener: Listener | None = None
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cancel-listener", daemon=True)
 

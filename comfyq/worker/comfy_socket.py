@@ -55,7 +55,6 @@ class ComfySocket:
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.state = SocketState.CONNECTING
         self.generation = 0  # increments with every new connection
-        self.drops = 0
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._sock: websocket.WebSocket | None = None
@@ -145,7 +144,6 @@ class ComfySocket:
                     raise websocket.WebSocketConnectionClosedException("closed by ComfyUI")
         except (OSError, websocket.WebSocketException) as exc:
             if not self._closing.is_set():
-                self.drops += 1
                 log.warning("ComfyUI WebSocket dropped (%s); prompts in flight are followed through /history",
                             exc.__class__.__name__, extra={"action": "ws_drop"})
         finally:

@@ -33,7 +33,6 @@ class DependencyState:
     name: str
     up: bool = True
     down_since: float | None = None
-    last_error: str = ""
     failures: int = 0
     next_probe_at: float = 0.0
 
@@ -58,7 +57,6 @@ class DependencyHealth:
             state = self._states[name]
             now = self.clock()
             became_down = state.up
-            state.last_error = str(error)[:500]
             if not became_down and now < state.next_probe_at:
                 return  # another report of the same outage before the next probe: the schedule stands
             state.up = False
@@ -128,5 +126,3 @@ class DependencyHealth:
             state = self._states[name]
             return 0.0 if state.up or state.down_since is None else self.clock() - state.down_since
 
-    def longest_outage(self) -> float:
-        return max(self.down_for(name) for name in DEPENDENCIES)

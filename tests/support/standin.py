@@ -13,13 +13,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 logger = logging.getLogger(__name__)
 
 ANNOUNCEMENT = re.compile(r"^comfyui-standin listening on (http://(\S+):(\d+))\s*$")
-PATH_OPTIONS = ("output_dir", "input_dir")
 
 
 def _flag_args(options: dict[str, Any]) -> list[str]:
@@ -191,10 +189,5 @@ class StandinProcess:
     def __enter__(self) -> StandinProcess:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         self.stop()
