@@ -164,6 +164,19 @@ def test_canceling_a_running_job_interrupts_it(stack: Stack, queue: JobQueue) ->
     assert [r["event"] for r in queue.logs(job_id)][-2:] == ["cancel_requested", "canceled"]
 
 
+def test_a_forged_cancel_notification_stops_nothing(stack: Stack, queue: JobQueue, sql: Any) -> None:
+    """NOTIFY needs no privilege: any role that can connect (a dashboard's read-only one) can send
+    `NOTIFY comfyq_cancel, '<id>'`. The worker treats it as a hint and asks the database, which holds no cancel."""
+    stack.standin("--node-seconds", "2")
+    job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]
+    worker = stack.worker("w1")
+    wait_until(lambda: (queue.get(job_id, "default") or {}).get("prompt_id"), 20, "the job to start")
+    sql.execute("SELECT pg_notify('comfyq_cancel', %s)", (str(job_id),))
+    worker.wait_for(r"cancel notification the database does not confirm", timeout=10)
+    wait_until(lambda: status_of(queue, job_id) == "succeeded", 30, "the job to finish anyway")
+    assert "canceled" not in [r["event"] for r in queue.logs(job_id)]
+
+
 def test_websocket_drop_falls_back_to_history(stack: Stack, queue: JobQueue) -> None:
     stack.standin("--fail", "drop", "--node-seconds", "0.2")
     job_id = queue.enqueue(NewJob(graph=TINY_GRAPH))["id"]

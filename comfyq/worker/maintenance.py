@@ -87,13 +87,25 @@ class Maintenance:
                 del self._held[attempt.job.id]
 
     def flag_cancel(self, job_id: int) -> None:
-        """A cancel heard through NOTIFY: raise the flag of the attempt we hold for that job, if any."""
+        """A cancel heard through NOTIFY: raise the flag of the attempt we hold for that job, once the database
+        confirms the job's cancel flag. A NOTIFY is only a hint: any role that can connect may send one (no
+        privilege covers NOTIFY), so acting on the payload alone would let anyone stop any job."""
         with self._lock:
             attempt = self._held.get(job_id)
-        if attempt is not None and not attempt.cancel_requested.is_set():
-            attempt.cancel_requested.set()
-            log.info("job %s: cancel requested", job_id, extra={"action": "cancel_heard", "job_id": job_id})
-            self.on_flag()
+        if attempt is None or attempt.cancel_requested.is_set():
+            return
+        try:
+            held = self.queue.renew(self.worker_id, [attempt.lease])
+        except ComfyqError as exc:  # the heartbeat reads the same flag on its next round
+            log.debug("job %s: cancel not confirmed yet: %s", job_id, exc)
+            return
+        if not held.get(job_id):
+            log.warning("job %s: a cancel notification the database does not confirm; ignored", job_id,
+                        extra={"action": "cancel_unconfirmed", "job_id": job_id})
+            return
+        attempt.cancel_requested.set()
+        log.info("job %s: cancel requested", job_id, extra={"action": "cancel_heard", "job_id": job_id})
+        self.on_flag()
 
     def held(self) -> list[Attempt]:
         with self._lock:

@@ -151,11 +151,13 @@ WITH upd AS (
 SELECT id, 'queued' AS status FROM upd;
 
 -- name: finish_canceled_job
--- The worker confirms that a cancel it was asked for has stopped the prompt.
+-- The worker confirms that a cancel it was asked for has stopped the prompt. Only a cancel the database holds
+-- counts: a NOTIFY is a hint anyone who can connect may send, never an order.
 WITH upd AS (
     UPDATE job_queue
     SET status = 'canceled', lease_expires_at = NULL, finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' AND worker_id = %(worker_id)s
+      AND cancel_requested
     RETURNING id, attempts, worker_id, claimed_at
 ), logged AS (
     INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, worker_id, duration_ms)
