@@ -116,6 +116,9 @@ class Settings(BaseSettings):
 
     # Observability.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # worker Prometheus port; unset = off
+    # The bearer token the API's /metrics asks for (what Prometheus sends); unset or empty, /metrics is open.
+    # Its own secret, not an API token: it opens the scrape and nothing else.
+    metrics_token: str | None = Field(default=None, min_length=16)
     log_format: str = "text"  # text | json
 
     # Where the operator CLI finds the API.
@@ -179,6 +182,11 @@ class Settings(BaseSettings):
     @property
     def band_floors(self) -> tuple[int, ...]:
         return tuple(int(part) for part in self.redis_band_floors.split(","))
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return value or None
 
     @field_validator("log_format")
     @classmethod

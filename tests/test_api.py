@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from comfyq import tokens
 from comfyq.api.app import create_app
+from comfyq.db import Database
+from comfyq.errors import DatabaseUnavailable
 from comfyq.settings import Settings
 
 TOKEN = "test-token-123"
@@ -105,14 +109,43 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/readyz").get_json() == {"status": "ready"}
 
 
-def test_readiness_reports_a_dead_database() -> None:
-    app = create_app(Settings(database_url="postgresql://nobody@127.0.0.1:1/none", api_token=TOKEN,
+def test_readiness_reports_a_dead_database_tersely(caplog: pytest.LogCaptureFixture) -> None:
+    """The probes are open, so they say only up or down: why the database is down names its host, which goes to
+    the log, and to an operator's token (here COMFYQ_API_TOKEN, the one token known without the database)."""
+    host = "comfyq-db.invalid"  # never resolves: the driver's message names it
+    app = create_app(Settings(database_url=f"postgresql://nobody@{host}:5432/none", api_token=TOKEN,
                               db_connect_timeout=1))
-    response = app.test_client().get("/readyz")
-    assert response.status_code == 503 and response.get_json()["error"]["code"] == "not_ready"
-    submit = app.test_client().post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}},
-                                    headers=AUTH)
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="comfyq.api.health_api"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            response = client.get("/readyz", headers=headers)
+            assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+            assert response.get_json() == {"status": "unavailable"}, headers
+    assert host in caplog.text
+    detailed = client.get("/readyz", headers=AUTH)
+    assert detailed.status_code == 503 and detailed.get_json()["status"] == "unavailable"
+    assert host in detailed.get_json()["reason"]
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    submit = client.post("/jobs", json={"workflow": "txt2img", "params": {"prompt": "x"}}, headers=AUTH)
     assert submit.status_code == 503 and submit.headers["Retry-After"]
+
+
+def test_readiness_details_need_an_admin_or_operator_token(client: FlaskClient, db: Database,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client.get("/readyz").get_json() == {"status": "ready"}  # also builds the app's services
+    reason = 'connection to server at "db.internal" (10.1.2.3), port 5432 failed: timeout expired'
+
+    def unreachable() -> None:
+        raise DatabaseUnavailable(reason)
+
+    monkeypatch.setattr(client.application.extensions["comfyq"].db, "ping", unreachable)
+    for role, detailed in (("submitter", False), ("admin", True), ("operator", True)):
+        headers = {"Authorization": f"Bearer {tokens.create(db, 'default', role).token}"}
+        response = client.get("/readyz", headers=headers)
+        assert response.status_code == 503
+        assert response.get_json() == ({"status": "unavailable", "reason": reason} if detailed
+                                       else {"status": "unavailable"}), role
+    assert client.get("/readyz").get_json() == {"status": "unavailable"}
 
 
 def test_callback_url_is_stored_and_checked(client: FlaskClient, sql: Any) -> None:

@@ -1,10 +1,10 @@
 """GET /metrics: request counts by endpoint and status added up across gunicorn's worker processes, the
-submitted-jobs counter, and the multiprocess folder prepared by comfyq/api/gunicorn_conf.py."""
+submitted-jobs counter, the multiprocess folder prepared by comfyq/api/gunicorn_conf.py, and the metrics token
+(COMFYQ_METRICS_TOKEN) that keeps the scrape to Prometheus."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,17 +14,19 @@ from pathlib import Path
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from comfyq.api.app import create_app
 from comfyq.api.metrics import count_submitted, init_metrics
 from comfyq.processes import ManagedProcess
 from comfyq.settings import Settings
-from tests.apps.metrics_app import start_metrics_api, worker_pids
+from tests.apps.metrics_app import access_lines, start_metrics_api, worker_pids
 from tests.e2e_support import wait_until
 
 TOKEN = "metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ACCESS = re.compile(r'"GET (/\S*) HTTP/[\d.]+" (\d{3}) .* pid=<(\d+)>$')
+METRICS_TOKEN = "scrape-only-0123456789abcdef"
+SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -52,7 +54,7 @@ def test_metrics_with_the_flask_test_client(db_url: str) -> None:
             with app.app_context():
                 count_submitted(3)
                 count_submitted(0)
-            response = client.get("/metrics")  # no token needed
+            response = client.get("/metrics")  # no COMFYQ_METRICS_TOKEN: open
             assert response.status_code == 200
             text = response.get_data(as_text=True)
     finally:
@@ -61,6 +63,30 @@ def test_metrics_with_the_flask_test_client(db_url: str) -> None:
             services.db.close()
     assert request_counts(text) == {("jobs.get_job", "404"): 1, ("jobs.get_job", "401"): 1}
     assert samples(text, "comfyq_api_jobs_submitted_total") == [({}, 3.0)]
+
+
+def test_a_metrics_token_keeps_the_scrape_to_its_holder(db_url: str) -> None:
+    app = create_app(Settings(database_url=db_url, api_token=TOKEN, metrics_token=METRICS_TOKEN))
+    try:
+        client = app.test_client()
+        for headers in ({}, AUTH, {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+                        {"Authorization": METRICS_TOKEN}, {"Authorization": f"Basic {METRICS_TOKEN}"}):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"] == 'Bearer realm="comfyq"'
+            assert refused.get_json()["error"]["code"] == "unauthorized"
+        scraped = client.get("/metrics", headers={"Authorization": f"bearer {METRICS_TOKEN} "})
+        assert scraped.status_code == 200
+        assert samples(scraped.get_data(as_text=True), "comfyq_queue_scrape_ok") == [({}, 1.0)]
+        assert client.get("/jobs/1", headers=SCRAPE).status_code == 401  # it opens /metrics, nothing else
+    finally:
+        app.extensions["comfyq"].db.close()
+
+
+def test_the_metrics_token_setting() -> None:
+    assert Settings(metrics_token="").metrics_token is None  # empty is unset, as in a .env line `KEY=`
+    with pytest.raises(ValidationError, match="metrics_token"):
+        Settings(metrics_token="short")  # a typo or a placeholder, not a secret
 
 
 @pytest.fixture
@@ -81,6 +107,7 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path, db_url: str,
     (prom_dir / "counter_4242.db").write_bytes(b"values of a previous run")
     (prom_dir / "keep.txt").write_text("not prometheus_client's")
     proc, api = start_metrics_api(tmp_path / "logs", {"DATABASE_URL": db_url, "COMFYQ_API_TOKEN": TOKEN,
+                                                      "COMFYQ_METRICS_TOKEN": METRICS_TOKEN,
                                                       "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, workers=2)
     api_procs.append(proc)
     assert not (prom_dir / "counter_4242.db").exists() and (prom_dir / "keep.txt").exists()
@@ -95,11 +122,8 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path, db_url: str,
         path, headers = item
         return path, requests.get(api + path, headers=headers, timeout=10).status_code
 
-    def access_lines() -> list[re.Match[str]]:
-        return [m for line in proc.output() if (m := ACCESS.search(line)) and m.group(1) != "/metrics"]
-
     def logged_at_least(n: int) -> bool:
-        return len(access_lines()) >= n
+        return len(access_lines(proc)) >= n
 
     total = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -111,13 +135,17 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path, db_url: str,
                 if path != "/healthz":  # excluded from request metrics
                     sent[({"/jobs/999": "jobs.get_job", "/readyz": "health.readyz"}[path], str(status))] += 1
             wait_until(partial(logged_at_least, total), 10, "the access log of every request")
-            served_by = {int(m.group(3)) for m in access_lines()}
+            served_by = {int(m.group(3)) for m in access_lines(proc)}
             if served_by >= pids:
                 break
     assert served_by == pids, f"requests never reached both workers {pids}: {served_by}"
     assert set(sent) == {("jobs.get_job", "404"), ("jobs.get_job", "401"), ("health.readyz", "200")}
 
-    text = requests.get(f"{api}/metrics", timeout=10).text
+    for headers in ({}, AUTH, {"Authorization": "Bearer wrong"}):  # neither none, nor an API token, nor a guess
+        refused = requests.get(f"{api}/metrics", headers=headers, timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        assert "comfyq_" not in refused.text
+    text = requests.get(f"{api}/metrics", headers=SCRAPE, timeout=10).text
     assert request_counts(text) == sent  # every worker's requests, whichever worker answered the scrape
     by_status: Counter[str] = Counter()
     for labels, value in samples(text, "comfyq_api_http_request_total"):
@@ -126,8 +154,8 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path, db_url: str,
                                  "200": sent[("health.readyz", "200")]})
     assert samples(text, "comfyq_api_jobs_submitted_total") == [({}, 0.0)]
     assert {int(path.stem.rsplit("_", 1)[1]) for path in prom_dir.glob("counter_*.db")} == pids  # a file each
-    # A second scrape is not itself counted.
-    assert request_counts(requests.get(f"{api}/metrics", timeout=10).text) == sent
+    # Neither the scrape nor the refused ones are counted.
+    assert request_counts(requests.get(f"{api}/metrics", headers=SCRAPE, timeout=10).text) == sent
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from comfyq import tokens
 from comfyq.db import Database
 from comfyq.envfile import GENERATED, read_env
-from comfyq.settings import PROJECT_ROOT
+from comfyq.settings import PROJECT_ROOT, Settings
 
 EXAMPLE = PROJECT_ROOT / ".env.example"
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -47,6 +47,7 @@ def test_init_writes_every_secret_compose_requires(tmp_path: Path) -> None:
     for key in GENERATED:
         assert env[key] and not env[key].startswith("change-me") and env[key] not in out  # never printed
     assert env["COMFYQ_N8N_API_TOKEN"].startswith("cq_") and env["COMFYQ_CALLBACK_SECRET"].startswith("whsec_")
+    assert Settings(metrics_token=env["COMFYQ_METRICS_TOKEN"]).metrics_token == env["COMFYQ_METRICS_TOKEN"]
     assert len({env[key] for key in GENERATED}) == len(GENERATED)  # each secret its own
     assert env["COMFYUI_URL"] == read_env(EXAMPLE)["COMFYUI_URL"]  # settings keep the example's value
 

@@ -134,6 +134,7 @@ def test_every_error_code_the_routes_raise_is_documented(app: Flask) -> None:
     document = build_document(app.config["COMFYQ_SETTINGS"])
     documented = {(int(status), code) for methods in document["paths"].values() for operation in methods.values()
                   for status, response in operation["responses"].items() if int(status) >= 400
+                  and "allOf" in response["content"]["application/json"]["schema"]  # not /readyz's Health 503
                   for code in response["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"][
                       "properties"]["code"]["enum"]}
     missing = raised_api_errors() - documented
@@ -391,10 +392,18 @@ def test_documented_answers_by_example(app: Flask, db: Database, fuzz_headers: d
     assert header(metrics, "Content-Type").startswith("text/plain") and "comfyq_api" in metrics.text
 
 
+def test_a_refused_scrape_is_a_documented_401(db_url: str, tmp_path: Path) -> None:
+    app = create_app(Settings(database_url=db_url, storage_dir=tmp_path / "out",
+                              metrics_token="scrape-only-0123456789"))
+    refused = contract(app)("GET", "/metrics", 401)
+    assert header(refused, "WWW-Authenticate") == 'Bearer realm="comfyq"'
+    assert "comfyq" not in app.extensions  # refused before anything opened the database
+
+
 def test_a_database_outage_is_a_documented_503(tmp_path: Path) -> None:
     app = make_app("postgresql://nobody@127.0.0.1:1/none", tmp_path)
     call = contract(app, [check for check in CHECKS if check is not not_a_server_error])  # 503 is the point
-    assert call("GET", "/readyz", 503).json()["error"]["code"] == "not_ready"
+    assert call("GET", "/readyz", 503).json() == {"status": "unavailable"}  # terse: no host, no driver error
     down = call("POST", "/jobs", 503, {"Authorization": "Bearer whatever"}, body=GRAPH_JOB)
     assert down.json()["error"]["code"] == "database_unavailable" and header(down, "Retry-After") == "5"
 

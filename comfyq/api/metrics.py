@@ -1,13 +1,13 @@
-"""Prometheus metrics of the API on GET /metrics: request counts and latencies by endpoint and status, and a
-counter of submitted jobs.
+"""Prometheus metrics of the API on GET /metrics: request counts and latencies by endpoint and status, a counter
+of submitted jobs, and the queue gauges (QueueCollector) that the alert rules in prometheus/rules watch.
 
 Under gunicorn each worker is its own process: with PROMETHEUS_MULTIPROC_DIR set (gunicorn_conf.py sets it up
-before the workers fork) the values live in files there and the worker that takes the scrape adds up every
-worker's values, on the API's own port. Without it (the Flask test client, `flask run`) each app gets a registry
-of its own.
+before the workers fork) the counters live in files there, and the worker that takes the scrape adds up every
+worker's values from those files and reads the queue gauges from Postgres itself, on the API's own port. Without
+it (the Flask test client, `flask run`) each app has a registry of its own, which holds both.
 
-/metrics takes no token on purpose: Prometheus scrapes it from inside the network, and it holds request counts
-and latencies, never job data. Keep it off the public ingress."""
+With COMFYQ_METRICS_TOKEN set, /metrics answers only `Authorization: Bearer <that token>`, which Prometheus sends
+(prometheus/prometheus.yml); unset, it answers anyone who reaches the port, so set it wherever clients can."""
 
 from __future__ import annotations
 
@@ -17,28 +17,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Request, current_app, has_app_context
+from flask import Flask, Request, Response, current_app, has_app_context, request
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
-from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from comfyq.api import bearer
+from comfyq.api.api_errors import ApiError
 from comfyq.api.services import services
 from comfyq.errors import ComfyqError
+from comfyq.settings import Settings
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "comfyq_metrics"
 PREFIX = "comfyq_api"
 # Liveness probes arrive every few seconds from the orchestrator and say nothing about the traffic.
-# (/metrics itself is never counted: the exporter marks its own route do-not-track.)
+# (/metrics itself is never counted, refused scrapes included: its view is marked do-not-track.)
 EXCLUDED_PATHS = [r"^/healthz$"]
 
 
 @dataclass
 class ApiMetrics:
-    exporter: Any  # a PrometheusMetrics (the package ships no type hints)
     jobs_submitted: Counter
+    registry: CollectorRegistry  # this process's metrics; under gunicorn scrapes read the files instead
 
 
 def endpoint(request: Request) -> str:
@@ -46,25 +50,54 @@ def endpoint(request: Request) -> str:
     return request.endpoint or "unmatched"
 
 
+def multiprocess() -> bool:
+    """Under gunicorn (gunicorn_conf.py sets the folder before any worker imports prometheus_client)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 def init_metrics(app: Flask) -> ApiMetrics:
-    """Serve /metrics on app and count its requests; calling it again on the same app changes nothing."""
+    """Count app's requests and serve GET /metrics on it; calling it again on the same app changes nothing."""
     existing: ApiMetrics | None = app.extensions.get(EXTENSION)
     if existing is not None:
         return existing
-    options: dict[str, Any] = {"group_by": endpoint, "defaults_prefix": PREFIX, "excluded_paths": EXCLUDED_PATHS}
-    exporter: Any
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # The "internal" variant registers /metrics on this app (no second port). Its registry is only a
-        # placeholder: every scrape reads the value files of all workers.
-        exporter = GunicornInternalPrometheusMetrics(app, **options)
-    else:
-        exporter = PrometheusMetrics(app, registry=CollectorRegistry(auto_describe=True), **options)
+    registry = CollectorRegistry(auto_describe=True)
+    # path=None: the exporter's own /metrics would serve, under gunicorn, only what the value files hold (a
+    # registry it builds per scrape), never the queue gauges; serve_metrics below serves both.
+    exporter = PrometheusMetrics(app, path=None, registry=registry, group_by=endpoint, defaults_prefix=PREFIX,
+                                 excluded_paths=EXCLUDED_PATHS)
     jobs_submitted = Counter(f"{PREFIX}_jobs_submitted", "Jobs accepted by POST /jobs (written to the queue)",
-                             registry=exporter.registry)
-    exporter.registry.register(QueueCollector())
-    metrics = ApiMetrics(exporter=exporter, jobs_submitted=jobs_submitted)
+                             registry=registry)
+    if not multiprocess():
+        registry.register(QueueCollector())
+    metrics = ApiMetrics(jobs_submitted=jobs_submitted, registry=registry)
     app.extensions[EXTENSION] = metrics
+    app.add_url_rule("/metrics", "metrics", exporter.do_not_track()(serve_metrics))
+    settings: Settings = app.config["COMFYQ_SETTINGS"]
+    if not settings.metrics_token:
+        log.warning("COMFYQ_METRICS_TOKEN is unset: /metrics answers anyone who reaches this port",
+                    extra={"action": "metrics"})
     return metrics
+
+
+def scrape_registry(metrics: ApiMetrics) -> CollectorRegistry:
+    """What one scrape exports. Under gunicorn: every worker's counters, added up from the value files, and the
+    queue gauges, read now by whichever worker answers (so all answer the same); else the app's registry."""
+    if not multiprocess():
+        return metrics.registry
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(QueueCollector())
+    return registry
+
+
+def serve_metrics() -> Response:
+    """GET /metrics; refused (before anything is read) without the metrics token when one is set."""
+    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
+    if settings.metrics_token and not bearer.matches(settings.metrics_token):
+        raise ApiError(401, "unauthorized", "/metrics needs 'Authorization: Bearer <COMFYQ_METRICS_TOKEN>'",
+                       headers={"WWW-Authenticate": 'Bearer realm="comfyq"'})
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(scrape_registry(current_app.extensions[EXTENSION])), content_type=content_type)
 
 
 class QueueCollector:

@@ -62,8 +62,8 @@ BODY_ERRORS: dict[int, list[str]] = {400: ["invalid_json"], 413: ["request_entit
                                      415: ["unsupported_media_type"]}
 OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/healthz"): {},
-    ("get", "/readyz"): {503: ["not_ready"]},
-    ("get", "/metrics"): {},
+    ("get", "/readyz"): {},  # its 503 is a Health body, written out with the route
+    ("get", "/metrics"): {401: ["unauthorized"]},
     ("get", "/openapi.json"): {},
     ("post", "/jobs"): {
         **WRITE_ERRORS, **BODY_ERRORS, 400: ["invalid_json", "invalid_idempotency_key"],
@@ -264,7 +264,9 @@ def _response_schemas() -> dict[str, Any]:
                           "scope": "acme"}]},
         **_admin_schemas(time, count),
         "Health": {"type": "object", "required": ["status"], "additionalProperties": False,
-                   "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}}},
+                   "properties": {"status": {"type": "string", "enum": ["ok", "ready", "unavailable"]},
+                                  "reason": {"type": "string", "description": "Why the database does not answer; "
+                                             "only for an admin or operator token."}}},
         "NodeLimit": {
             "type": "object", "required": ["node", "class_type", "input", "type"],
             "description": "What ComfyUI accepts at one input a param fills, from the node catalogue a worker "
@@ -578,14 +580,19 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
         "/readyz": {
             "get": {
                 "operationId": "readyz", "tags": ["health"], "summary": "Readiness",
-                "description": "200 when the database answers.",
-                "responses": {"200": _json(_ref("Health"), "`{\"status\": \"ready\"}`.")}}},
+                "description": "200 when the database answers, else 503. The answer says no more than that, "
+                               "except to an admin or operator token, which also gets `reason`.",
+                "responses": {"200": _json(_ref("Health"), "`{\"status\": \"ready\"}`."),
+                              "503": _json(_ref("Health"), "`{\"status\": \"unavailable\"}`: the database does "
+                                           "not answer.") | {"headers": {"Retry-After": RETRY_AFTER}}}}},
         "/metrics": {
             "get": {
                 "operationId": "metrics", "tags": ["health"], "summary": "Prometheus metrics",
-                "description": "Request counts and latencies by endpoint and status, and "
-                               "`comfyq_api_jobs_submitted_total`, in the Prometheus text format. No token: keep "
-                               "it off the public ingress.",
+                "description": "Request counts and latencies by endpoint and status, "
+                               "`comfyq_api_jobs_submitted_total` and the queue gauges `comfyq_queue_*`, in the "
+                               "Prometheus text format. With COMFYQ_METRICS_TOKEN set it needs `Authorization: "
+                               "Bearer <COMFYQ_METRICS_TOKEN>` (that token, not an API token); unset, it is "
+                               "open to anyone who reaches the port.",
                 "responses": {"200": {"description": "The metrics.",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {
