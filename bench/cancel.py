@@ -24,7 +24,7 @@ from comfyq.db import Database, connect_once
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.stack import start_api, start_standin, start_worker
 
-TOKEN = "bench-cancel-token"
+TOKEN = "bench-cancel-token-0123456789abcdefghijklmn"
 HEARTBEAT = "2"
 NODES = 25  # 0.2 s each: a job runs ~5 s, longer than a heartbeat, so a cancel always finds it running
 

@@ -32,7 +32,7 @@ from comfyq.jobs import JobQueue, NewJob
 from comfyq.settings import get_settings
 from comfyq.workflows import load_workflows
 
-TOKEN = "bench-token-0123456789abcdef"
+TOKEN = "bench-token-0123456789abcdefghijklmnop"
 BATCH = 10_000
 
 

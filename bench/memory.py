@@ -29,7 +29,7 @@ from comfyq.stack import start_standin, start_worker
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}}}
-TOKEN = "bench-token-0123456789abcdef"
+TOKEN = "bench-token-0123456789abcdefghijklmnop"
 BODY = json.dumps({"workflow": "txt2img", "params": {"prompt": "a lighthouse at dawn", "seed": 42}})
 WORKER_GROWTH_MB = 10.0
 API_GROWTH_MB = 5.0

@@ -34,7 +34,7 @@ from bench.harness import (
 )
 from comfyq.settings import PROJECT_ROOT
 
-TOKEN = "bench-token-0123456789abcdef"
+TOKEN = "bench-token-0123456789abcdefghijklmnop"
 BODY = json.dumps({"workflow": "txt2img", "params": {"prompt": "a lighthouse at dawn", "seed": 42}})
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 

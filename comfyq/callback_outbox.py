@@ -23,3 +23,11 @@ class CallbackOutbox:
         failed, or pending (sent again later). Nothing is written when the job was deleted meanwhile."""
         self.db.execute("log_callback", {"job_id": job_id, "event": event, "state": state, "attempt": attempt,
                                          "message": message, "details": details})
+
+    def release(self, job_id: int) -> None:
+        """Put a claimed callback back to wait, unlogged: its tenant has no active signing secret any more."""
+        self.db.execute("release_callback", {"job_id": job_id})
+
+    def waiting_for_secret(self) -> list[Row]:
+        """Tenants whose callbacks wait because they have no active signing secret: {tenant, waiting}."""
+        return self.db.fetch_all("callbacks_waiting_for_secret")

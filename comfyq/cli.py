@@ -206,7 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from comfyq.client import ApiCallFailed  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
-    configure(get_settings().log_level, get_settings().log_format)
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:  # before logging is configured: a bad setting may be the log format
+        sys.stderr.write(f"comfyq: {exc}\n")
+        return 2
+    configure(settings.log_level, settings.log_format)
     try:
         return int(args.func(args))
     except ApiCallFailed as exc:

@@ -1,8 +1,8 @@
-"""Admin commands through the HTTP API (workers, token create|list|revoke, tenant set|list, retention): the same
-way in as status and jobs, with a token whose role allows it (admin for a tenant's own tokens and retention,
-operator for workers, tenants and anything across tenants). Only the bootstrap (the first token, token import,
-migrate) talks to the database, in cli.py. A refused or unreachable call reaches cli.main, which reports it
-(cli_api.api_failed) and exits 3, or 4 for a 404."""
+"""Admin commands through the HTTP API (workers, token create|list|revoke, tenant set|list, tenant callback-secret
+create|list|retire, retention): the same way in as status and jobs, with a token whose role allows it (admin for a
+tenant's own tokens, callback secrets and retention, operator for workers, tenants and anything across tenants).
+Only the bootstrap (the first token, token import, migrate) talks to the database, in cli.py. A refused or
+unreachable call reaches cli.main, which reports it (cli_api.api_failed) and exits 3, or 4 for a 404."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from comfyq.tokens import ROLES
 EXIT_CODES = ("Exit codes: 0 done, 2 bad arguments, 3 the API refused (the token's role, another tenant) or "
               "could not be reached, 4 not found.")
 TOKEN_COLUMNS = ["id", "tenant", "role", "token_prefix", "description", "created_at", "last_used_at", "revoked_at"]
+SECRET_COLUMNS = ["id", "tenant", "secret_prefix", "source", "created_at", "retired_at"]
 TENANT_COLUMNS = ["name", "allow_raw_graphs", "max_queued_jobs", "rate_per_second", "rate_burst", "active_tokens",
                   "created_at"]
 
@@ -80,6 +81,30 @@ def cmd_tenant_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_callback_secret_create(args: argparse.Namespace) -> int:
+    """The secret alone on stdout (`SECRET=$(comfyq tenant callback-secret create acme)`), what it is on stderr."""
+    created = client(args).create_callback_secret(args.tenant)
+    emit(args, created, created["secret"])
+    sys.stderr.write(f"callback secret {created['id']} ({created['secret_prefix']}...) of tenant {created['tenant']}: "
+                     "give it to the tenant's receiver now, it is not shown again. It signs the tenant's callbacks "
+                     "from the next one on, next to the active ones; once the receiver verifies with it, retire the "
+                     f"old ones (comfyq tenant callback-secret retire {created['tenant']} ID)\n")
+    return EXIT_OK
+
+
+def cmd_callback_secret_list(args: argparse.Namespace) -> int:
+    rows = client(args).callback_secrets(args.tenant)
+    emit(args, rows, render_table(_for_people(rows), SECRET_COLUMNS) if rows else
+         f"tenant {args.tenant} has no callback secrets: its callbacks wait until it has one")
+    return EXIT_OK
+
+
+def cmd_callback_secret_retire(args: argparse.Namespace) -> int:
+    row = client(args).retire_callback_secret(args.tenant, args.id)
+    emit(args, row, f"retired callback secret {row['id']} ({row['secret_prefix']}...) of tenant {row['tenant']}")
+    return EXIT_OK
+
+
 def cmd_retention(args: argparse.Namespace) -> int:
     removed = client(args).retention(args.older_than_days, args.tenant)
     emit(args, removed, f"deleted {removed['jobs_deleted']} jobs, {removed['logs_deleted']} log rows and "
@@ -110,10 +135,26 @@ def add_token_commands(token: argparse._SubParsersAction) -> None:  # type: igno
     revoke.set_defaults(func=cmd_token_revoke)
 
 
+def add_callback_secret_commands(tenant: argparse._SubParsersAction,  # type: ignore[type-arg]
+                                 common: argparse.ArgumentParser) -> None:
+    secret = tenant.add_parser("callback-secret", help="a tenant's callback signing secrets (admin: its own "
+                                                        "tenant's; operator: any)")
+    secret_actions = secret.add_subparsers(dest="secret_action", required=True)
+    actions = {}
+    for action, what, func in (
+            ("create", "a new secret, printed once on stdout; it signs next to the active ones",
+             cmd_callback_secret_create),
+            ("list", "the tenant's secrets by id and prefix, never the secrets", cmd_callback_secret_list),
+            ("retire", "stop signing with a secret (from the next callback on)", cmd_callback_secret_retire)):
+        actions[action] = secret_actions.add_parser(action, parents=[common], description=EXIT_CODES, help=what)
+        actions[action].add_argument("tenant", help="the tenant whose callbacks the secrets sign")
+        actions[action].set_defaults(func=func)
+    actions["retire"].add_argument("id", type=int, help="the secret's id, as `list` shows it")
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common = api_options()
-    tenant = sub.add_parser("tenant", help="create or change tenants and their limits (operator token)"
-                            ).add_subparsers(dest="action", required=True)
+    tenant = sub.add_parser("tenant", help="create or change tenants and their limits (operator token), and their "
+                                           "callback signing secrets").add_subparsers(dest="action", required=True)
     tenant_set = tenant.add_parser("set", parents=[common], description=EXIT_CODES,
                                    help="create a tenant or replace all its settings")
     tenant_set.add_argument("name", help="the tenant's name (a-z, 0-9, '_', '.', '-')")
@@ -126,6 +167,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     tenant_set.set_defaults(func=cmd_tenant_set)
     tenant.add_parser("list", parents=[common], description=EXIT_CODES,
                       help="list tenants with their settings").set_defaults(func=cmd_tenant_list)
+    add_callback_secret_commands(tenant, common)
 
     retention = sub.add_parser("retention", aliases=["cleanup"], parents=[common], description=EXIT_CODES,
                                help="delete finished jobs older than N days with their logs and outputs (admin: "

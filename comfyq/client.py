@@ -100,6 +100,16 @@ class ApiClient:
     def set_tenant(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/admin/tenants/{quote(name, safe='')}", json=settings))
 
+    def callback_secrets(self, tenant: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/admin/tenants/{quote(tenant, safe='')}/callback-secrets")["callback_secrets"])
+
+    def create_callback_secret(self, tenant: str) -> dict[str, Any]:
+        """The new secret's row with the secret in `secret` (the only time the API shows it)."""
+        return dict(self._call("POST", f"/admin/tenants/{quote(tenant, safe='')}/callback-secrets"))
+
+    def retire_callback_secret(self, tenant: str, secret_id: int) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/admin/tenants/{quote(tenant, safe='')}/callback-secrets/{secret_id}"))
+
     def retention(self, older_than_days: float, tenant: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"older_than_days": older_than_days}
         if tenant:

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from comfyq.errors import ConfigurationError
 from comfyq.resources import package_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# COMFYQ_API_TOKEN opens everything (an operator of every tenant), so it must be a random secret, never a value
+# copied from an example: .env.example's `change-me...` placeholders, `<the token>`-style ones, or too few
+# distinct characters for anything random (`xxxx...`, `1234...`; 32 random hex digits have fewer than 8 once in
+# 30 million).
+API_TOKEN_MIN_LENGTH = 32
+API_TOKEN_MIN_DISTINCT = 8
+API_TOKEN_PLACEHOLDER = re.compile(r"change[-_ ]?me|your[-_ ]?token|^<.*>$", re.IGNORECASE)
 
 
 def _local_state() -> Path:
@@ -26,8 +35,9 @@ class Settings(BaseSettings):
     """Every knob of comfyq. Names are the environment variables, upper-cased, with a COMFYQ_ prefix
     except those that the ecosystem already names (DATABASE_URL, COMFYUI_URL, QUEUE_BACKEND, REDIS_URL)."""
 
+    # hide_input_in_errors: a refused value is never echoed (it may be a token, a password in a URL, a key).
     model_config = SettingsConfigDict(env_prefix="COMFYQ_", extra="ignore", frozen=True,
-                                      populate_by_name=True)
+                                      populate_by_name=True, hide_input_in_errors=True)
 
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
     comfyui_url: str = Field(default="http://127.0.0.1:8188", validation_alias=AliasChoices("COMFYUI_URL"))
@@ -109,7 +119,9 @@ class Settings(BaseSettings):
     # Hosts or CIDR blocks allowed even though they are private/loopback/link-local (comma separated).
     url_allowlist: str = ""
 
-    # Completion callbacks (Standard Webhooks). The secret is "whsec_" + base64 of at least 24 random bytes.
+    # Completion callbacks (Standard Webhooks), signed with each tenant's own secrets (comfyq tenant
+    # callback-secret). Deprecated: COMFYQ_CALLBACK_SECRET ("whsec_" + base64) is stored by the first worker that
+    # starts with it as the secret of api_tenant, if that tenant never had one; after that it is ignored.
     callback_secret: str | None = None
     callback_max_tries: int = Field(default=5, ge=1, le=20)
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -124,7 +136,8 @@ class Settings(BaseSettings):
     # Where the operator CLI finds the API.
     api_url: str = "http://127.0.0.1:8000"
 
-    # API. COMFYQ_API_TOKEN is an optional bootstrap admin token for api_tenant; others live in api_tokens.
+    # API. COMFYQ_API_TOKEN is an optional bootstrap operator token of api_tenant (others live in api_tokens), and
+    # the token the CLI sends. At least API_TOKEN_MIN_LENGTH random characters: see _random_api_token.
     api_token: str | None = None
     api_tenant: str = "default"
     token_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked token stops working within this time
@@ -140,6 +153,25 @@ class Settings(BaseSettings):
     max_graph_nodes: int = Field(default=500, ge=1)
 
     log_level: str = "INFO"
+
+    @field_validator("api_token")
+    @classmethod
+    def _random_api_token(cls, value: str | None) -> str | None:
+        """Refuse a short or placeholder token at start-up: the API would otherwise accept `x` (or the example's
+        `change-me-to-a-long-random-string`) as an operator token of every tenant, silently. Empty means unset.
+        The messages never include the value."""
+        if not value:
+            return None
+        hint = ("; `comfyq init` writes a random one, or: "
+                "python3 -c 'import secrets; print(\"cq_\" + secrets.token_urlsafe(32))'")
+        if API_TOKEN_PLACEHOLDER.search(value):
+            raise ValueError("COMFYQ_API_TOKEN is a placeholder, not a secret" + hint)
+        if len(value) < API_TOKEN_MIN_LENGTH:
+            raise ValueError(f"COMFYQ_API_TOKEN is shorter than {API_TOKEN_MIN_LENGTH} characters" + hint)
+        if len(set(value)) < API_TOKEN_MIN_DISTINCT or value != value.strip():
+            raise ValueError("COMFYQ_API_TOKEN does not look random (too few distinct characters, or spaces around "
+                             "it)" + hint)
+        return value
 
     @field_validator("storage_backend")
     @classmethod
@@ -205,5 +237,15 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; parsed once so a bad value fails at start-up, not mid-job."""
-    return Settings()
+    """The process-wide settings; parsed once so a bad value fails at start-up, not mid-job, as a
+    ConfigurationError that names each bad setting and why (never its value)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(settings_problems(exc)) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    problems = [f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)]
+    return "invalid settings: " + "; ".join(problems)

@@ -1,19 +1,27 @@
 """The admin routes against a real database: a tenant's admin acts on its own tenant only (its jobs' retention,
-its tokens), never on another tenant's jobs, tokens or settings; an operator acts across tenants and may name
-one; workers and tenants are for operators."""
+its tokens, its callback secrets), never on another tenant's jobs, tokens, secrets or settings; an operator acts
+across tenants and may name one; workers and tenants are for operators. The bootstrap token COMFYQ_API_TOKEN must
+be a long random secret, and its uses are logged."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from pydantic import ValidationError
 
 from comfyq import tokens
+from comfyq.api import auth
 from comfyq.db import Database
+from comfyq.envfile import init_env, read_env
 from comfyq.jobs import JobQueue, NewJob
+from comfyq.settings import PROJECT_ROOT, Settings
 from tests.e2e_support import TINY_GRAPH
 from tests.support.api_app import api_app, bearer
 
@@ -225,11 +233,14 @@ def test_stats_cover_the_whole_queue_only_for_operators(client: FlaskClient, db:
     assert (operator["queued"], operator["scope"]) == (2, "all tenants")
 
 
+BOOTSTRAP = "cq_bootstrap-operator-secret-0123456789abcdef"
+
+
 def test_the_bootstrap_token_is_an_operator(db_url: str, tmp_path: Path, db: Database, sql: Any) -> None:
     """COMFYQ_API_TOKEN is set by whoever deploys the API: `docker compose exec webhook-api comfyq ...` uses it."""
-    bootstrap = {"Authorization": "Bearer bootstrap-operator-secret"}
+    bootstrap = {"Authorization": f"Bearer {BOOTSTRAP}"}
     finished_job(db, "tenant-a", sql)
-    with api_app(database_url=db_url, storage_dir=tmp_path / "out", api_token="bootstrap-operator-secret") as app:
+    with api_app(database_url=db_url, storage_dir=tmp_path / "out", api_token=BOOTSTRAP) as app:
         client = app.test_client()
         assert client.get("/admin/workers", headers=bootstrap).status_code == 200
         assert client.get("/stats", headers=bootstrap).get_json()["scope"] == "all tenants"
@@ -254,3 +265,144 @@ def test_token_import_changes_a_role_only_when_asked(db: Database) -> None:
     tokens.revoke(db, str(row["id"]))
     with pytest.raises(tokens.TokenConflict):
         tokens.import_token(db, revoked, "default", "operator", update_role=True)  # nor revive a revoked one
+
+
+# The bootstrap token -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["x", "short-but-random-9f8e7d", "change-me-to-a-long-random-string",
+                                   "CHANGE_ME_please_0123456789abcdefghijklmnop", "<the token of the operator here>",
+                                   "x" * 64, "1234" * 10, " cq_leading-space-0123456789abcdefghijkl"])
+def test_a_short_or_placeholder_bootstrap_token_is_refused(value: str) -> None:
+    """The security review's finding: the API took `x`, or .env.example's placeholder, as an operator token of
+    every tenant, silently. The message names the setting and never its value."""
+    with pytest.raises(ValidationError, match="COMFYQ_API_TOKEN") as refused:
+        Settings(api_token=value)
+    assert value.strip() not in str(refused.value)
+
+
+def test_a_random_bootstrap_token_is_taken_and_empty_is_unset() -> None:
+    for value in (BOOTSTRAP, tokens.generate(), "f" + "0123456789abcdef" * 2, "pA55-w0rd/From+A=Manager&0123456789"):
+        assert Settings(api_token=value).api_token == value
+    assert Settings(api_token="").api_token is None
+
+
+def test_the_env_example_placeholder_is_refused_and_comfyq_init_writes_a_token_that_is_taken(tmp_path: Path) -> None:
+    example = PROJECT_ROOT / ".env.example"
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(api_token=read_env(example)["COMFYQ_API_TOKEN"])
+    init_env(tmp_path / ".env", example)
+    written = read_env(tmp_path / ".env")["COMFYQ_API_TOKEN"]
+    assert Settings(api_token=written).api_token == written
+
+
+def test_the_api_refuses_to_start_with_a_placeholder_token(tmp_path: Path) -> None:
+    """`comfyq api` stops before gunicorn starts, with one clear line; the value is not echoed."""
+    placeholder = "change-me-to-a-long-random-string"
+    done = subprocess.run([sys.executable, "-m", "comfyq.cli", "api", "--bind", "127.0.0.1:1"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "COMFYQ_API_TOKEN": placeholder,
+                               "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("comfyq: invalid settings: api_token:") and "placeholder" in done.stderr
+    assert placeholder not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_each_use_of_the_bootstrap_token_is_logged_without_it(db_url: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """At most one line a minute per process, each saying how many uses it stands for; named tokens log none."""
+    clock = [1000.0]
+    monkeypatch.setattr(auth, "bootstrap_uses", auth.UseLog(60))
+    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+    with api_app(database_url=db_url, storage_dir=tmp_path / "out", api_token=BOOTSTRAP) as app, \
+            caplog.at_level(logging.INFO, logger="comfyq.api.auth"):
+        client = app.test_client()
+        bootstrap = {"Authorization": f"Bearer {BOOTSTRAP}"}
+        for _ in range(3):
+            assert client.get("/stats", headers=bootstrap).status_code == 200
+        clock[0] += 61
+        assert client.get("/admin/workers", headers=bootstrap).status_code == 200
+        named = client.post("/admin/tokens", json={"role": "operator"}, headers=bootstrap).get_json()["token"]
+        assert client.get("/stats", headers={"Authorization": f"Bearer {named}"}).status_code == 200
+        assert client.get("/stats", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    lines = [r for r in caplog.records if getattr(r, "action", None) == "bootstrap_token_used"]
+    assert [r.uses for r in lines] == [1, 3]  # type: ignore[attr-defined]
+    assert "GET /stats" in lines[0].getMessage() and "GET /admin/workers" in lines[1].getMessage()
+    assert all(BOOTSTRAP not in r.getMessage() for r in caplog.records)
+
+
+# Retention bodies --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("days", [True, False, "36500", "30", None, [30], {"days": 30}])
+def test_retention_refuses_what_is_not_a_number(client: FlaskClient, db: Database, sql: Any,
+                                                token: Callable[[str, str], Headers], days: Any) -> None:
+    """The security review's finding: `true` and "36500" were taken for numbers (`true` as one day)."""
+    old = finished_job(db, "acme", sql)
+    refused = client.post("/admin/retention", json={"older_than_days": days}, headers=token("acme", "admin"))
+    assert refused.status_code == 422 and error_code(refused) == "validation_error", refused.get_json()
+    assert refused.get_json()["error"]["details"][0]["field"] == "older_than_days"
+    assert job_ids(sql) == {old}
+
+
+def test_retention_takes_whole_and_fractional_numbers_of_days(client: FlaskClient, db: Database, sql: Any,
+                                                              token: Callable[[str, str], Headers]) -> None:
+    old = finished_job(db, "acme", sql)
+    for days in (36500, 30.5, 30):
+        answer = client.post("/admin/retention", json={"older_than_days": days}, headers=token("acme", "admin"))
+        assert answer.status_code == 200 and answer.get_json()["older_than_days"] == days
+    assert job_ids(sql) == set() and old
+
+
+# Callback secrets --------------------------------------------------------------------------------------------------
+def secrets_path(tenant: str, secret_id: int | None = None) -> str:
+    return f"/admin/tenants/{tenant}/callback-secrets" + ("" if secret_id is None else f"/{secret_id}")
+
+
+def test_a_tenants_admin_makes_lists_and_retires_its_own_callback_secrets(
+        client: FlaskClient, db: Database, token: Callable[[str, str], Headers],
+        caplog: pytest.LogCaptureFixture) -> None:
+    admin = token("acme", "admin")
+    assert client.get(secrets_path("acme"), headers=admin).get_json() == {"callback_secrets": []}
+    with caplog.at_level(logging.INFO, logger="comfyq.api.admin_api"):
+        made = [client.post(secrets_path("acme"), headers=admin) for _ in range(3)]
+    assert [r.status_code for r in made] == [201, 201, 201]
+    first = made[0].get_json()
+    assert set(first) == {"id", "tenant", "secret_prefix", "source", "created_at", "retired_at", "secret"}
+    assert first["secret"].startswith("whsec_") and first["secret"].startswith(first["secret_prefix"])
+    assert (first["tenant"], first["source"], first["retired_at"]) == ("acme", "api", None)
+    assert len({r.get_json()["secret"] for r in made}) == 3
+    assert "callback_secret_create" in {getattr(r, "action", None) for r in caplog.records}
+    assert all(r.get_json()["secret"] not in caplog.text for r in made)
+
+    too_many = client.post(secrets_path("acme"), headers=admin)
+    assert too_many.status_code == 409 and error_code(too_many) == "too_many_callback_secrets"
+
+    listing = client.get(secrets_path("acme"), headers=admin)
+    assert [row["id"] for row in listing.get_json()["callback_secrets"]] == [r.get_json()["id"] for r in made]
+    assert all(r.get_json()["secret"] not in listing.get_data(as_text=True) for r in made)
+
+    retired = client.delete(secrets_path("acme", first["id"]), headers=admin)
+    assert retired.status_code == 200 and retired.get_json()["retired_at"] is not None
+    assert "secret" not in retired.get_json()
+    again = client.delete(secrets_path("acme", first["id"]), headers=admin)
+    assert again.status_code == 404 and error_code(again) == "not_found"
+    assert client.post(secrets_path("acme"), headers=admin).status_code == 201  # room again
+
+
+def test_callback_secrets_of_another_tenant_are_for_operators_only(
+        client: FlaskClient, db: Database, token: Callable[[str, str], Headers]) -> None:
+    operator = token("ops", "operator")
+    theirs = client.post(secrets_path("tenant-a"), headers=token("tenant-a", "admin")).get_json()
+    for headers in (token("tenant-b", "admin"), token("tenant-b", "submitter"), token("tenant-a", "submitter")):
+        assert client.get(secrets_path("tenant-a"), headers=headers).status_code == 403
+        assert client.post(secrets_path("tenant-a"), headers=headers).status_code == 403
+        assert client.delete(secrets_path("tenant-a", theirs["id"]), headers=headers).status_code == 403
+    assert client.delete(secrets_path("tenant-b", theirs["id"]), headers=token("tenant-b", "admin")).status_code \
+        == 404  # the id of another tenant's secret, through one's own tenant
+    assert client.get(secrets_path("nobody"), headers=token("nobody-else", "admin")).status_code == 403
+
+    assert client.get(secrets_path("nobody"), headers=operator).status_code == 404
+    assert client.post(secrets_path("nobody"), headers=operator).status_code == 404
+    assert client.get(secrets_path("tenant-a"), headers=operator).get_json()["callback_secrets"][0]["id"] \
+        == theirs["id"]
+    made = client.post(secrets_path("tenant-a"), headers=operator)
+    assert made.status_code == 201 and made.get_json()["tenant"] == "tenant-a"
+    assert client.delete(secrets_path("tenant-a", theirs["id"]), headers=operator).status_code == 200

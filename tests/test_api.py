@@ -16,7 +16,7 @@ from comfyq.db import Database
 from comfyq.errors import DatabaseUnavailable
 from comfyq.settings import Settings
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-123-0123456789abcdefghijklmnop"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

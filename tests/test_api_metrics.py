@@ -23,7 +23,7 @@ from comfyq.settings import Settings
 from tests.apps.metrics_app import access_lines, start_metrics_api, worker_pids
 from tests.e2e_support import wait_until
 
-TOKEN = "metrics-token"
+TOKEN = "metrics-token-0123456789abcdefghijklmnop"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 METRICS_TOKEN = "scrape-only-0123456789abcdef"
 SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}

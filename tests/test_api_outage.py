@@ -27,7 +27,7 @@ from tests.support.private_pg import private_postgres
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "outage-token"
+TOKEN = "outage-token-0123456789abcdefghijklmnop"
 REQUEST_TIMEOUT = 10.0  # a request slower than this counts as a hang
 OUTAGE_CODES = {"database_unavailable", "outcome_unknown"}
 POSTERS = 3  # concurrent clients, so both workers serve and hold pooled connections

@@ -19,7 +19,7 @@ from comfyq.settings import Settings
 from tests.db_locks import Blocked, blocked_backend, lock, terminate
 from tests.support.db_conns import count_jobs
 
-TOKEN = "outcome-token"
+TOKEN = "outcome-token-0123456789abcdefghijklmnop"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}

@@ -15,7 +15,7 @@ from tests.e2e_support import Stack
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "cli-test-token"
+TOKEN = "cli-test-token-0123456789abcdefghijklmnop"
 
 
 def run_cli(stack: Stack, api: str, *args: str) -> subprocess.CompletedProcess[str]:

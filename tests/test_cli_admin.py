@@ -1,7 +1,8 @@
 """The admin commands end to end: the first token written straight into the database (`token create
---database`), then workers, token, tenant and retention through a real API under gunicorn, from a shell that has
-no DATABASE_URL at all. Each command names the API it talks to on stderr, prints a table for people and JSON with
---json, and a tenant's admin is refused what belongs to other tenants or to operators."""
+--database`), then workers, token, tenant (and its callback secrets) and retention through a real API under
+gunicorn, from a shell that has no DATABASE_URL at all. Each command names the API it talks to on stderr, prints a
+table for people and JSON with --json, and a tenant's admin is refused what belongs to other tenants or to
+operators."""
 
 from __future__ import annotations
 
@@ -93,3 +94,32 @@ def test_bootstrap_then_every_admin_command_through_the_api(stack: Stack, db: Da
     assert again.returncode == 4 and "404 not_found" in again.stderr
     unauthorized = comfyq({"COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": made["token"]}, "status")
     assert unauthorized.returncode == 3 and "set COMFYQ_API_TOKEN or pass --token" in unauthorized.stderr
+
+
+def test_callback_secrets_through_the_api(stack: Stack) -> None:
+    proc, api = start_api(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_TOKEN_CACHE_SECONDS": "0"}, workers=1)
+    stack.processes.append(proc)
+    first = ok(comfyq({"DATABASE_URL": stack.db_url}, "token", "create", "--database", "--tenant", "ops",
+                      "--role", "operator"))
+    operator = {"COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": first.stdout.strip()}
+    ok(comfyq(operator, "tenant", "set", "acme"))
+    acme_admin = {"COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": ok(comfyq(
+        operator, "token", "create", "--tenant", "acme", "--role", "admin")).stdout.strip()}
+
+    assert "has no callback secrets" in ok(comfyq(acme_admin, "tenant", "callback-secret", "list", "acme")).stdout
+    made = ok(comfyq(acme_admin, "tenant", "callback-secret", "create", "acme"))
+    secret = made.stdout.strip()
+    assert secret.startswith("whsec_") and "not shown again" in made.stderr and secret not in made.stderr
+    newer = as_json(comfyq(operator, "tenant", "callback-secret", "create", "acme", "--json"))
+    listing = ok(comfyq(acme_admin, "tenant", "callback-secret", "list", "acme")).stdout
+    assert listing.split()[:4] == ["id", "tenant", "secret_prefix", "source"] and secret[:14] in listing
+    assert secret not in listing and newer["secret"] not in listing
+    [older] = [row for row in as_json(comfyq(acme_admin, "tenant", "callback-secret", "list", "acme", "--json"))
+               if row["id"] != newer["id"]]
+    retired = ok(comfyq(acme_admin, "tenant", "callback-secret", "retire", "acme", str(older["id"]))).stdout
+    assert retired.startswith(f"retired callback secret {older['id']} ")
+    again = comfyq(acme_admin, "tenant", "callback-secret", "retire", "acme", str(older["id"]))
+    assert again.returncode == 4 and "404 not_found" in again.stderr
+    for args in (("list", "ops"), ("create", "ops"), ("retire", "ops", str(newer["id"]))):
+        refused = comfyq(acme_admin, "tenant", "callback-secret", *args)
+        assert refused.returncode == 3 and "403 forbidden" in refused.stderr, (args, refused.stderr)

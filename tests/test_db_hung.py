@@ -107,7 +107,7 @@ def test_a_listener_on_a_hung_server_gives_up_and_recovers(pg: PrivatePostgres) 
 
 def test_the_api_answers_503_in_time_while_the_server_hangs(pg: PrivatePostgres) -> None:
     url = pg.url
-    token = "hung-token"
+    token = "hung-token-0123456789abcdefghijklmnop"
     app = create_app(Settings(database_url=url, api_token=token, db_io_timeout_seconds=IO_TIMEOUT,
                               db_connect_timeout=CONNECT_TIMEOUT, token_cache_seconds=0))
     auth = {"Authorization": f"Bearer {token}"}

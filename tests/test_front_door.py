@@ -44,7 +44,7 @@ TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "comfyq.conf.template"
 # into /etc/nginx/conf.d/, and default.conf replaces the image's own welcome-page server.
 TEMPLATE_MOUNT = "/etc/nginx/templates/default.conf.template"
 VARIABLES = {"COMFYQ_NGINX_PORT", "COMFYQ_NGINX_UPSTREAM"}
-TOKEN = "front-door-test-token"
+TOKEN = "front-door-test-token-0123456789abcdefghij"
 SLOW_CLIENTS = 50
 SLOW_BYTE_SECONDS = 2.0  # one header byte per connection this often
 HEALTHZ_REQUESTS = 200

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_prompt_submitted_over_http_comes_back_rendered(stack: Stack) -> None:
     stack.standin()
-    token = "e2e-token"
+    token = "e2e-token-0123456789abcdefghijklmnop"
     api_proc, api = start_api(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_API_TOKEN": token}, workers=1)
     stack.processes.append(api_proc)
     stack.worker("w1")

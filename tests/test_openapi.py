@@ -415,6 +415,13 @@ def test_retention_by_example(app: Flask, fuzz_headers: dict[str, str]) -> None:
         "jobs_deleted"] == 0
     call("POST", "/admin/retention", 422, fuzz_headers, body={"older_than_days": 0})
     call("POST", "/admin/retention", 422, fuzz_headers, body={})
+    # A number, as the document says: never a boolean or a numeric string.
+    days = build_document(app.config["COMFYQ_SETTINGS"])["components"]["schemas"]["RetentionRequest"][
+        "properties"]["older_than_days"]
+    assert days["type"] == "number"
+    for wrong in (True, "36500"):
+        assert not Draft202012Validator(days).is_valid(wrong)
+        call("POST", "/admin/retention", 422, fuzz_headers, body={"older_than_days": wrong})
 
 
 def test_admin_routes_by_example(app: Flask, db: Database, fuzz_headers: dict[str, str],
@@ -447,6 +454,25 @@ def test_admin_routes_by_example(app: Flask, db: Database, fuzz_headers: dict[st
     everyone = call("POST", "/admin/retention", 200, operator, body={"older_than_days": 30}).json()
     assert everyone["scope"] == "all tenants"
     call("POST", "/admin/retention", 403, admin, body={"older_than_days": 30, "tenant": "other"})
+
+
+def test_callback_secret_routes_by_example(app: Flask, fuzz_headers: dict[str, str],
+                                           operator_headers: dict[str, str]) -> None:
+    call, admin, operator = contract(app), fuzz_headers, operator_headers
+    secrets_path, one = "/admin/tenants/{name}/callback-secrets", "/admin/tenants/{name}/callback-secrets/{secret_id}"
+    fuzz = {"name": "fuzz"}
+    made = [call("POST", secrets_path, 201, admin, path_parameters=fuzz).json() for _ in range(3)]
+    assert made[0]["secret"].startswith(made[0]["secret_prefix"])
+    assert call("POST", secrets_path, 409, admin, path_parameters=fuzz).json()["error"]["code"] == \
+        "too_many_callback_secrets"
+    assert len(call("GET", secrets_path, 200, admin, path_parameters=fuzz).json()["callback_secrets"]) == 3
+    retired = call("DELETE", one, 200, admin, path_parameters={**fuzz, "secret_id": made[0]["id"]}).json()
+    assert retired["retired_at"] is not None
+    call("DELETE", one, 404, admin, path_parameters={**fuzz, "secret_id": made[0]["id"]})
+    call("GET", secrets_path, 403, admin, path_parameters={"name": "other"})
+    call("POST", secrets_path, 404, operator, path_parameters={"name": "nobody"})
+    assert call("GET", secrets_path, 200, operator, path_parameters=fuzz).json()["callback_secrets"][0][
+        "retired_at"] is not None
 
 
 # What the fuzz run found ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 1.0  # dependency_timeout_seconds in these tests
 RETRY = 2.0  # redis_retry_seconds
 HANG = 10.0  # how long Redis stays stopped
-TOKEN = "t0ken-hang"
+TOKEN = "t0ken-hang-0123456789abcdefghijklmnop"
 T = TypeVar("T")
 
 

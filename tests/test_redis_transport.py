@@ -289,9 +289,10 @@ def test_settings_and_build() -> None:
 def test_the_api_publishes_submissions_and_retries(redis_backend: Backend, db: Database, db_url: str) -> None:
     from comfyq.api.app import create_app  # noqa: PLC0415
 
-    app = create_app(Settings(database_url=db_url, api_token="t0ken-123", QUEUE_BACKEND="redis",
+    token = "t0ken-123-0123456789abcdefghijklmnop"
+    app = create_app(Settings(database_url=db_url, api_token=token, QUEUE_BACKEND="redis",
                               REDIS_URL=redis_backend.redis_url, redis_prefix=redis_backend.prefix))
-    auth = {"Authorization": "Bearer t0ken-123"}
+    auth = {"Authorization": f"Bearer {token}"}
     try:
         with app.test_client() as client:
             one = client.post("/jobs", json={"graph": TINY_GRAPH, "priority": 50}, headers=auth)

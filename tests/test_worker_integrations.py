@@ -64,8 +64,9 @@ def test_completion_callback_is_signed_and_survives_two_failures(
                "the callback to be delivered")
     assert len(hook.requests) == 3 and len({h["webhook-id"] for h, _ in hook.requests}) == 1
     headers, body = hook.requests[-1]
-    event = Webhook(SECRET).verify(body, headers)
+    event = Webhook(SECRET).verify(body, headers)  # COMFYQ_CALLBACK_SECRET, stored as tenant default's secret
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
+    assert event["data"]["tenant"] == "default"
     delivered = next(r for r in queue.logs(job_id) if r["event"] == "callback_delivered")
     assert delivered["details"]["tries"] == 3
 

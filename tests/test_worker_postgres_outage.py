@@ -23,7 +23,7 @@ from tests.support.private_pg import PrivatePostgres, private_postgres
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "pg-outage-token"
+TOKEN = "pg-outage-token-0123456789abcdefghijklmnop"
 WORKER_SETTINGS = {"lease_seconds": "60", "heartbeat_seconds": "2", "rescue_interval_seconds": "5",
                    "db_connect_timeout": "2"}
 

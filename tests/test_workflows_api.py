@@ -20,7 +20,7 @@ from comfyq.db import Database
 from comfyq.settings import PROJECT_ROOT, Settings
 from comfyq.workflows import load_workflows
 
-TOKEN = "test-token-workflows"
+TOKEN = "test-token-workflows-0123456789abcdefghijkl"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SHARED = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"]

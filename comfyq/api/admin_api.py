@@ -1,9 +1,10 @@
-"""Admin routes: workers, tokens, tenants and retention, what `comfyq workers|token|tenant|retention` call.
+"""Admin routes: workers, tokens, tenants, their callback secrets and retention, what `comfyq workers|token|tenant|
+retention` call.
 
-A tenant's admin acts on its own tenant only: its tokens (never an operator's) and its finished jobs. An operator
-acts across tenants and may name one. Workers serve every tenant (their hosts, ComfyUI URLs and current jobs
-belong to the deployment, not to a tenant) and tenants' settings are the deployment's limits, so both are for
-operators only."""
+A tenant's admin acts on its own tenant only: its tokens (never an operator's), its callback secrets and its
+finished jobs. An operator acts across tenants and may name one. Workers serve every tenant (their hosts, ComfyUI
+URLs and current jobs belong to the deployment, not to a tenant) and tenants' settings are the deployment's
+limits, so both are for operators only."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from comfyq import tokens
+from comfyq import callback_secrets, tokens
 from comfyq.admin import apply_retention, list_workers
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import Caller, require_token
@@ -120,10 +121,56 @@ def set_tenant(name: str) -> Response:
     return jsonify(tokens.public(row))
 
 
+def _existing_tenant(caller: Caller, name: str) -> str:
+    """The tenant a /admin/tenants/{name}/... call acts on: the caller's own, or any for an operator (403 for
+    another tenant before 404 for one that does not exist, so an admin learns nothing about other tenants)."""
+    tenant = _scope(caller, name) or name
+    if not re.fullmatch(tokens.TENANT_PATTERN, tenant) or tokens.tenant_limits(services().db, tenant) is None:
+        raise ApiError(404, "not_found", f"no tenant named {tenant!r}")
+    return tenant
+
+
+@bp.get("/admin/tenants/<name>/callback-secrets")
+def list_callback_secrets(name: str) -> Response:
+    caller = require_token("admin")
+    _query()
+    tenant = _existing_tenant(caller, name)
+    rows = callback_secrets.list_secrets(services().db, tenant)
+    return jsonify({"callback_secrets": [tokens.public(row) for row in rows]})
+
+
+@bp.post("/admin/tenants/<name>/callback-secrets")
+def create_callback_secret(name: str) -> tuple[Response, int]:
+    """A new secret, answered once: it signs the tenant's callbacks from the next delivery on, next to the ones
+    already active, until the old ones are retired (DELETE)."""
+    caller = require_token("admin")
+    tenant = _existing_tenant(caller, name)
+    created = callback_secrets.create(services().db, tenant)
+    if created is None:
+        raise ApiError(409, "too_many_callback_secrets", f"tenant {tenant!r} has {callback_secrets.MAX_ACTIVE} active "
+                       "callback secrets already: retire one first")
+    _audit(caller, "callback_secret_create", "created callback secret %s (%s...) of tenant %s", created.row["id"],
+           created.row["secret_prefix"], tenant)
+    return jsonify({**tokens.public(created.row), "secret": created.secret}), 201
+
+
+@bp.delete("/admin/tenants/<name>/callback-secrets/<int:secret_id>")
+def retire_callback_secret(name: str, secret_id: int) -> Response:
+    caller = require_token("admin")
+    tenant = _existing_tenant(caller, name)
+    row = callback_secrets.retire(services().db, tenant, secret_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no active callback secret {secret_id} in tenant {tenant!r}")
+    _audit(caller, "callback_secret_retire", "retired callback secret %s (%s...) of tenant %s", row["id"],
+           row["secret_prefix"], tenant)
+    return jsonify(tokens.public(row))
+
+
 @bp.post("/admin/retention")
 def retention() -> Response:
     caller = require_token("admin")
-    req = RetentionRequest.model_validate(json_body())
+    # Strict: a number of days is a JSON number, never `true` or "36500" (which lax validation would convert).
+    req = RetentionRequest.model_validate(json_body(), strict=True)
     tenant = _scope(caller, req.tenant)
     removed = apply_retention(services().db, services().storage, int(req.older_than_days * 86400), tenant=tenant)
     _audit(caller, "retention", "retention of %s older than %s days", tenant or ALL_TENANTS, req.older_than_days)

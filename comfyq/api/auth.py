@@ -2,11 +2,13 @@
 tenant and a role (submitter < admin < operator, comfyq.tokens.ROLES). Lookups are cached for
 COMFYQ_TOKEN_CACHE_SECONDS, so a revoked token stops working within that time and a busy API does not read
 api_tokens on every request. COMFYQ_API_TOKEN, set by whoever deploys the API, is an operator token of
-COMFYQ_API_TENANT."""
+COMFYQ_API_TENANT; it has no row, no name and cannot be revoked, so every use of it is logged (at most one line a
+minute per process, with how many uses it stands for) and the settings refuse a short or placeholder value."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from comfyq.api.api_errors import ApiError, bookkeeping_write
 from comfyq.api.services import services
 from comfyq.settings import Settings
 
+log = logging.getLogger(__name__)
 ROLE_RANK = {role: tokens.rank(role) for role in tokens.ROLES}
+BOOTSTRAP_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class Caller:
     rate_per_second: float | None = None
     rate_burst: int | None = None
     token_id: int | None = None
+    bootstrap: bool = False  # COMFYQ_API_TOKEN
 
     @property
     def is_operator(self) -> bool:
@@ -41,6 +46,38 @@ _cache: dict[str, tuple[float, Caller | None]] = {}
 _cache_lock = threading.Lock()
 
 
+class UseLog:
+    """Counts uses and says whether to write a line now: the first use, then at most one per `every` seconds,
+    each standing for the uses since the last one."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._lock = threading.Lock()
+        self._uses = 0
+        self._next = 0.0
+
+    def use(self, now: float) -> int:
+        """The uses this line stands for, or 0 when no line is due."""
+        with self._lock:
+            self._uses += 1
+            if now < self._next:
+                return 0
+            uses, self._uses, self._next = self._uses, 0, now + self.every
+            return uses
+
+
+bootstrap_uses = UseLog(BOOTSTRAP_LOG_SECONDS)
+
+
+def _note_bootstrap_use() -> None:
+    uses = bootstrap_uses.use(time.monotonic())
+    if uses:
+        log.info("a request was authenticated with the bootstrap operator token COMFYQ_API_TOKEN (%s %s from %s; "
+                 "%d uses since the last such line): prefer named tokens (`comfyq token create`), which can be "
+                 "revoked", request.method, request.path, request.remote_addr, uses,
+                 extra={"action": "bootstrap_token_used", "uses": uses})
+
+
 def _unauthorized(message: str = "a valid 'Authorization: Bearer <token>' header is required") -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="comfyq"'})
 
@@ -50,7 +87,7 @@ def _resolve(token: str, settings: Settings) -> Caller | None:
         limits = tokens.tenant_limits(services().db, settings.api_tenant) or {}
         return Caller(tenant=settings.api_tenant, role="operator", allow_raw_graphs=True,
                       max_queued_jobs=limits.get("max_queued_jobs"), rate_per_second=limits.get("rate_per_second"),
-                      rate_burst=limits.get("rate_burst"))
+                      rate_burst=limits.get("rate_burst"), bootstrap=True)
     row = tokens.lookup(services().db, token)
     if row is None:
         return None
@@ -83,6 +120,8 @@ def require_token(role: str = "submitter") -> Caller:
                 _cache[key] = (now + settings.token_cache_seconds, caller)
     if caller is None:
         raise _unauthorized()
+    if caller.bootstrap:
+        _note_bootstrap_use()
     if ROLE_RANK[caller.role] < ROLE_RANK[role]:
         raise ApiError(403, "forbidden", f"this needs a token with the {role} role")
     g.caller = caller

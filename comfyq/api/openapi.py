@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
 from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, TenantSettings, TokenRequest
+from comfyq.callback_secrets import MAX_ACTIVE
 from comfyq.jobs import STATUSES
 from comfyq.settings import Settings
 from comfyq.tokens import ROLES, TENANT_PATTERN
@@ -92,6 +93,12 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("delete", "/admin/tokens/{ref}"): {**WRITE_ERRORS, 403: ["forbidden"], 404: ["not_found"]},
     ("get", "/admin/tenants"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
     ("put", "/admin/tenants/{name}"): {**WRITE_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"]},
+    ("get", "/admin/tenants/{name}/callback-secrets"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"],
+                                                       404: ["not_found"]},
+    ("post", "/admin/tenants/{name}/callback-secrets"): {**WRITE_ERRORS, 403: ["forbidden"], 404: ["not_found"],
+                                                        409: ["too_many_callback_secrets"]},
+    ("delete", "/admin/tenants/{name}/callback-secrets/{secret_id}"): {**WRITE_ERRORS, 403: ["forbidden"],
+                                                                       404: ["not_found"]},
     ("get", "/workflows"): {**AUTH_ERRORS},
     ("get", "/workflows/{name}"): {**AUTH_ERRORS, 404: ["not_found"]},
 }
@@ -372,6 +379,40 @@ def _admin_schemas(time: dict[str, Any], count: dict[str, Any]) -> dict[str, Any
         "TenantList": {
             "type": "object", "required": ["tenants"], "additionalProperties": False,
             "properties": {"tenants": {"type": "array", "items": _ref("Tenant"), "description": "By name."}}},
+        **_callback_secret_schemas(tenant, time),
+    }
+
+
+def _callback_secret_schemas(tenant: dict[str, Any], time: dict[str, Any]) -> dict[str, Any]:
+    """The answers of /admin/tenants/{name}/callback-secrets."""
+    secret: dict[str, Any] = {
+        "id": {"type": "integer"}, "tenant": tenant,
+        "secret_prefix": {"type": "string", "description": "The secret's first 14 characters (`whsec_` and 8 more): "
+                                                           "names it in lists, and is not enough to sign."},
+        "source": {"type": "string", "enum": ["api", "setting"],
+                   "description": "`api`: made by this route; `setting`: the deprecated COMFYQ_CALLBACK_SECRET, "
+                                  "stored by the first worker that started with it."},
+        "created_at": time,
+        "retired_at": _nullable(time) | {"description": "null while it signs the tenant's callbacks."}}
+    example = {"id": 3, "tenant": "acme", "secret_prefix": "whsec_AbCdEfGh", "source": "api",
+               "created_at": "2026-01-05T10:00:00+00:00", "retired_at": None}
+    return {
+        "CallbackSecret": {
+            "type": "object", "additionalProperties": False, "required": list(secret), "properties": secret,
+            "description": "A callback signing secret as listings show it: never the secret, which only its "
+                           "creation answers.",
+            "examples": [example]},
+        "CallbackSecretList": {
+            "type": "object", "required": ["callback_secrets"], "additionalProperties": False,
+            "properties": {"callback_secrets": {"type": "array", "items": _ref("CallbackSecret"),
+                                                "description": "By id, retired ones included."}}},
+        "NewCallbackSecret": {
+            "type": "object", "additionalProperties": False, "required": [*secret, "secret"],
+            "properties": {**secret, "secret": {
+                "type": "string", "pattern": "^whsec_[A-Za-z0-9+/]+={0,2}$",
+                "description": "The secret, shown this once: give it to the tenant's receiver, which verifies with "
+                               "any Standard Webhooks library."}},
+            "examples": [example | {"secret": "whsec_AbCdEfGh0123456789abcdefghijklmnopqrstuvwx="}]},
     }
 
 
@@ -389,7 +430,8 @@ FIELD_DESCRIPTIONS = {
     "callback_url": "Receives a signed POST (Standard Webhooks) when the job ends.",
     "dedupe": "When a job with the same workflow and params (or graph) already succeeded for this tenant, "
               "answer it (200, `deduplicated: true`) instead of queueing a new one. Not allowed in batches.",
-    "older_than_days": "Delete jobs that finished more than this many days ago, with their logs and outputs.",
+    "older_than_days": "Delete jobs that finished more than this many days ago, with their logs and outputs. A "
+                       "JSON number: a string (`\"30\"`) or a boolean is refused.",
     "role": "submitter: the tenant's jobs; admin: also the tenant's tokens and retention; operator: the whole "
             "deployment. A token creates tokens of its own role or lower.",
     "description": "A note shown in listings.",
@@ -660,6 +702,41 @@ def _admin_operations() -> dict[str, dict[str, Any]]:
                         "limits": {"value": {"max_queued_jobs": 100000, "rate_per_second": 50, "rate_burst": 200}},
                         "raw graphs": {"value": {"allow_raw_graphs": True}}}}}},
                 "responses": {"200": _json(_ref("Tenant"), "The tenant as it is now.")}}},
+        **_callback_secret_operations(),
+    }
+
+
+def _callback_secret_operations() -> dict[str, dict[str, Any]]:
+    """A tenant's callback signing secrets: what `comfyq tenant callback-secret` calls."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": TENANT_PATTERN},
+            "description": "The tenant. A tenant's admin may name only its own."}
+    who = "Admin role: the caller's own tenant. Operator: any tenant. "
+    return {
+        "/admin/tenants/{name}/callback-secrets": {
+            "get": {
+                "operationId": "listCallbackSecrets", "tags": ["admin"],
+                "summary": "List a tenant's callback signing secrets (never the secrets)",
+                "description": who + "Active ones (`retired_at` null) each sign every callback of the tenant.",
+                "parameters": [name],
+                "responses": {"200": _json(_ref("CallbackSecretList"), "The tenant's secrets.")}},
+            "post": {
+                "operationId": "createCallbackSecret", "tags": ["admin"], "summary": "Create a callback signing secret",
+                "description": who + "No body. The new secret signs the tenant's callbacks from the next delivery "
+                               "on, next to the ones already active: each callback's `webhook-signature` carries one "
+                               "`v1,<signature>` per active secret, so the receiver verifies with either while it "
+                               "moves to the new one. Then retire the old one. At most "
+                               f"{MAX_ACTIVE} active at once (409).",
+                "parameters": [name],
+                "responses": {"201": _json(_ref("NewCallbackSecret"), "Created; `secret` is the secret.")}}},
+        "/admin/tenants/{name}/callback-secrets/{secret_id}": {
+            "delete": {
+                "operationId": "retireCallbackSecret", "tags": ["admin"], "summary": "Retire a callback signing secret",
+                "description": who + "It signs nothing from the next delivery on. A tenant with no active secret gets "
+                               "no callbacks: they wait until it has one.",
+                "parameters": [name, {"name": "secret_id", "in": "path", "required": True,
+                                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOB_ID},
+                                      "description": "The secret's `id`."}],
+                "responses": {"200": _json(_ref("CallbackSecret"), "Retired.")}}},
     }
 
 

@@ -29,7 +29,7 @@ from comfyq.settings import Settings
 from comfyq.storage import build_storage
 from comfyq.transport import Waiter, build_transport
 from comfyq.worker.attempt import Attempt
-from comfyq.worker.callbacks import CallbackSender
+from comfyq.worker.callbacks import CallbackSender, check_legacy_secret, store_legacy_secret
 from comfyq.worker.cancel_listener import CancelListener
 from comfyq.worker.comfy_client import ComfyClient
 from comfyq.worker.comfy_socket import ComfySocket
@@ -100,7 +100,8 @@ class Worker:
                                        backoff_max=settings.outage_backoff_max_seconds,
                                        on_change=self._dependency_changed)
         guard = AddressGuard(settings.url_allowlist)
-        self.callbacks = CallbackSender(db, guard, settings.callback_secret, max_tries=settings.callback_max_tries,
+        check_legacy_secret(settings.callback_secret)  # a malformed one stops the worker here, not after a job
+        self.callbacks = CallbackSender(db, guard, max_tries=settings.callback_max_tries,
                                         timeout=settings.callback_timeout_seconds)
         self.maintenance = Maintenance(db, self.queue, self.worker_id, heartbeat_seconds=settings.heartbeat_seconds,
                                        rescue_seconds=settings.rescue_interval_seconds, on_flag=self.wakeup.wake,
@@ -241,6 +242,8 @@ class Worker:
             try:
                 self.registry.register(host=socket.gethostname(), pid=os.getpid(),
                                        comfyui_url=self.settings.comfyui_url)
+                if self.settings.callback_secret:
+                    store_legacy_secret(self.db, self.settings.api_tenant, self.settings.callback_secret)
                 self.health.up(DATABASE)
                 return
             except DatabaseUnavailable as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 CALLBACK_TICK_SECONDS = 1.0
 CALLBACK_BATCH = 50
 CALLBACK_RECLAIM_SECONDS = 600  # a sender gone for this long (crashed mid-delivery) is replaced
+UNSIGNED_WARNING_SECONDS = 600  # how often tenants whose callbacks wait for a signing secret are named
 
 
 class Maintenance:
@@ -41,13 +43,14 @@ class Maintenance:
         self.status = "running"
         self.on_flag = on_flag
         self.callbacks = callbacks
+        self._next_unsigned_warning = 0.0
         self._held: dict[int, Attempt] = {}
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
                                                                         "misfire_grace_time": None})
         self.scheduler.add_job(self.heartbeat, "interval", seconds=heartbeat_seconds, id="heartbeat")
         self.scheduler.add_job(self.rescue, "interval", seconds=rescue_seconds, id="rescue")
-        if callbacks is not None and callbacks.enabled:
+        if callbacks is not None:
             self.scheduler.add_job(self.deliver_callbacks, "interval", seconds=CALLBACK_TICK_SECONDS,
                                    id="callbacks")
         for tick in queue.transport.ticks(db):  # Redis: RQ's scheduler for delayed messages, the reconciler
@@ -156,7 +159,7 @@ class Maintenance:
 
     def deliver_callbacks(self) -> None:
         """Hand due completion callbacks (the outbox in job_queue) to the sender's threads."""
-        if self.callbacks is None or not self.callbacks.enabled:
+        if self.callbacks is None:
             return
         try:
             rows = self.outbox.claim_due(reclaim_seconds=CALLBACK_RECLAIM_SECONDS, limit=CALLBACK_BATCH)
@@ -165,3 +168,20 @@ class Maintenance:
             return
         for row in rows:
             self.callbacks.notify(row)
+        self._warn_unsigned()
+
+    def _warn_unsigned(self) -> None:
+        """Now and then, name the tenants whose callbacks wait because they have no active signing secret: they
+        are never sent unsigned, and nothing else would tell the operator."""
+        if time.monotonic() < self._next_unsigned_warning:
+            return
+        self._next_unsigned_warning = time.monotonic() + UNSIGNED_WARNING_SECONDS
+        try:
+            waiting = self.outbox.waiting_for_secret()
+        except ComfyqError as exc:  # only a warning lost; the next one is due in UNSIGNED_WARNING_SECONDS
+            log.warning("callback tick failed: %s", exc, extra={"action": "callbacks"})
+            return
+        for row in waiting:
+            log.warning("%d callbacks of tenant %s wait: the tenant has no active callback secret (create one with "
+                        "`comfyq tenant callback-secret create %s`)", row["waiting"], row["tenant"], row["tenant"],
+                        extra={"action": "callback_no_secret"})
