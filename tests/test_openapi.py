@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -539,3 +540,44 @@ def test_a_fresh_idempotency_key_does_not_skip_the_quota(app: Flask, db: Databas
         assert over.status_code == 429 and over.get_json()["error"]["code"] == "quota_exceeded"
     # A repeat of the key that created the queued job is answered from it, quota or not.
     assert client.post("/jobs", json=GRAPH_JOB, headers={**headers, "Idempotency-Key": "a"}).status_code == 200
+
+
+# Where the document and the code disagreed (a security review) -------------------------------------------------
+def job_request_validator(app: Flask) -> Draft202012Validator:
+    document = build_document(app.config["COMFYQ_SETTINGS"])
+    registry = Registry().with_resource("urn:comfyq", Resource.from_contents(document, DRAFT202012))
+    return Draft202012Validator({"$ref": "urn:comfyq#/components/schemas/JobRequest"}, registry=registry)
+
+
+def test_the_document_refuses_what_the_code_refuses_in_a_job(app: Flask, fuzz_headers: dict[str, str]) -> None:
+    """Both sources, and graphs with an empty node id or a node that is not an object, were valid by the
+    document and refused by the code; the document now says what the code checks."""
+    valid, client = job_request_validator(app), app.test_client()
+    for body in ({"workflow": "txt2img", "params": {"prompt": "x"}, "graph": GRAPH},
+                 {"workflow": "txt2img", "graph": GRAPH}, {"graph": {"": []}}, {"graph": {"": GRAPH["1"]}},
+                 {"graph": {"1": []}}, {"graph": {"1": {"inputs": {}}}}, {"graph": {"1": {"class_type": ""}}}):
+        assert not valid.is_valid(body), body
+        assert client.post("/jobs", json=body, headers=fuzz_headers).status_code == 422, body
+    for body in ({"workflow": "txt2img", "params": {"prompt": "x"}, "graph": None},
+                 {"graph": GRAPH, "workflow": None}):
+        assert valid.is_valid(body), body
+        assert client.post("/jobs", json=body, headers=fuzz_headers).status_code == 202, body
+
+
+def test_an_empty_cursor_is_the_first_page(app: Flask, fuzz_headers: dict[str, str]) -> None:
+    call = contract(app)
+    call("POST", "/jobs", 202, fuzz_headers, body=GRAPH_JOB)
+    assert len(call("GET", "/jobs", 200, fuzz_headers, query={"cursor": ""}).json()["jobs"]) == 1
+
+
+def test_an_undocumented_method_is_405_with_allow(app: Flask, fuzz_headers: dict[str, str]) -> None:
+    """The JSON error answers dropped the Allow header that a 405 must carry (RFC 9110 15.5.6)."""
+    client = app.test_client()
+    for path, methods in build_document(app.config["COMFYQ_SETTINGS"])["paths"].items():
+        url = re.sub(r"\{\w+\}", "1", path)  # every path parameter takes a 1: an id, an index or a name
+        documented = {method.upper() for method in methods}
+        for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - documented:
+            response = client.open(url, method=method, headers=fuzz_headers)
+            assert response.status_code == 405, (method, url)
+            assert response.get_json()["error"]["code"] == "method_not_allowed"
+            assert set(response.headers["Allow"].split(", ")) - {"HEAD", "OPTIONS"} == documented, (method, url)

@@ -50,10 +50,23 @@ def bookkeeping_write() -> Iterator[None]:
         raise DatabaseUnavailable(str(exc)) from exc
 
 
+MAX_LISTED_ERRORS = 100  # problems named in one answer; the rest are counted
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic's errors without the echoed input (which may be megabytes)."""
-    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_input=False)]
+    """pydantic's errors without the echoed input (which may be megabytes), the first MAX_LISTED_ERRORS of them
+    and a count of the rest: a body with an error per item or key must not answer one object per error."""
+    errors = exc.errors(include_url=False, include_input=False)
+    return capped([{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "problem": err["msg"],
+                    "type": err["type"]} for err in errors[:MAX_LISTED_ERRORS]], len(errors))
+
+
+def capped(listed: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
+    """Validation details of which the first len(listed) of total are named, with one more entry for the rest."""
+    if total > len(listed):
+        listed.append({"field": "(body)", "problem": f"{total - len(listed)} more problems are not listed",
+                       "type": "too_many_errors"})
+    return listed
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -94,7 +107,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        # The exception's own headers but its HTML Content-Type: 405 needs its Allow header (RFC 9110 15.5.6).
+        headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+        return error_response(exc.code or 500, code, exc.description or exc.name or "error", headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:

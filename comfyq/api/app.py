@@ -23,12 +23,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     from comfyq.api.admin_api import bp as admin_bp  # noqa: PLC0415
     from comfyq.api.api_errors import register_error_handlers  # noqa: PLC0415
     from comfyq.api.health_api import bp as health_bp  # noqa: PLC0415
+    from comfyq.api.jobs_api import BigintConverter  # noqa: PLC0415
     from comfyq.api.jobs_api import bp as jobs_bp  # noqa: PLC0415
     from comfyq.api.metrics import init_metrics  # noqa: PLC0415
     from comfyq.api.openapi import bp as openapi_bp  # noqa: PLC0415
     from comfyq.api.stats_api import bp as stats_bp  # noqa: PLC0415
     from comfyq.api.workflows_api import bp as workflows_bp  # noqa: PLC0415
 
+    app.url_map.converters["int"] = BigintConverter  # before any route is added: ids are bigints
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)

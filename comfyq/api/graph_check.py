@@ -13,6 +13,9 @@ def graph_problems(graph: dict[str, Any], max_nodes: int) -> dict[str, str]:
         return {"graph": f"has {len(graph)} nodes; the limit is {max_nodes}"}
     problems: dict[str, str] = {}
     for node_id, node in graph.items():
+        if not node_id:  # ComfyUI links name nodes by id: an empty one cannot be linked to or reported
+            problems[node_id] = "has an empty node id"
+            continue
         if not isinstance(node, dict):
             problems[node_id] = "is not an object"
             continue

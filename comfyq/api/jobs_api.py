@@ -16,14 +16,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
+from werkzeug.routing import IntegerConverter, Map
 
-from comfyq.api.api_errors import ApiError, validation_details
+from comfyq.api.api_errors import MAX_LISTED_ERRORS, ApiError, validation_details
 from comfyq.api.auth import Caller, require_token
 from comfyq.api.graph_check import graph_problems
 from comfyq.api.limits import enforce_quota, enforce_rate
 from comfyq.api.metrics import count_submitted
 from comfyq.api.node_check import node_limit_problems
-from comfyq.api.request_body import json_body
+from comfyq.api.request_body import json_body, too_many_items, validated
 from comfyq.api.schemas import BatchRequest, JobRequest
 from comfyq.api.services import services
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
@@ -39,6 +40,15 @@ PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_ID = 2**63 - 1  # ids are Postgres bigints
+
+
+class BigintConverter(IntegerConverter):
+    """The app's `<int:...>` path parts: 0 to the largest Postgres bigint. A larger number (or a sign) matches no
+    route and answers 404, as an unknown job does, instead of reaching the database as an out-of-range bigint."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def _settings() -> Settings:
@@ -158,7 +168,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     caller = require_token()
     enforce_rate(caller)
     body = json_body()
-    req = JobRequest.model_validate(body)
+    req = validated(JobRequest, body)
     new_job = build_job(req, caller, _settings())
     if req.dedupe and new_job.dedupe_hash:
         twin = services().queue.succeeded_twin(caller.tenant, new_job.dedupe_hash)
@@ -202,31 +212,18 @@ def _submit_batch() -> tuple[Response, int]:
     caller = require_token()
     enforce_rate(caller)
     settings = _settings()
-    request.max_content_length = settings.max_batch_body_bytes
-    body = json_body()
-    batch = BatchRequest.model_validate(body)
-    if len(batch.jobs) > settings.max_batch_jobs:
-        raise ApiError(413, "batch_too_large", f"a batch holds at most {settings.max_batch_jobs} jobs",
-                       {"jobs": len(batch.jobs), "limit": settings.max_batch_jobs})
-    jobs: list[NewJob] = []
-    problems: list[dict[str, Any]] = []
-    for index, item in enumerate(batch.jobs):
-        try:
-            req = JobRequest.model_validate(item)
-            if req.dedupe:
-                raise ApiError(422, "validation_error", "'dedupe' applies to single submissions (POST /jobs)")
-            # Batch jobs carry no dedupe hash: hashing 10k canonical requests cost a tenth of the ingest time,
-            # and dedupe is a single-submission feature.
-            jobs.append(build_job(req, caller, settings, with_dedupe_hash=False))
-        except ValidationError as exc:
-            problems.append({"index": index, "code": "validation_error", "details": validation_details(exc)})
-        except ApiError as exc:
-            problems.append({"index": index, "code": exc.code, "message": exc.message, "details": exc.details})
-        if len(problems) >= 100:
-            break
-    if problems:
-        raise ApiError(422, "invalid_batch_items", f"{len(problems)} item(s) are invalid; nothing was written",
-                       {"items": problems})
+    # Counted while the body is read (413 as soon as the item past the limit arrives), and once more here for a
+    # list short enough to be read in one piece: either way before any item is validated.
+    body = json_body(max_bytes=settings.max_batch_body_bytes, max_list_items=settings.max_batch_jobs)
+    items = body.get("jobs")
+    if isinstance(items, list) and len(items) > settings.max_batch_jobs:
+        raise too_many_items(len(items), settings.max_batch_jobs)
+    batch = validated(BatchRequest, body)
+    jobs, problems, invalid = _build_batch(batch, caller, settings)
+    if invalid:
+        listed = "" if invalid <= len(problems) else f" (the first {len(problems)} are listed)"
+        raise ApiError(422, "invalid_batch_items", f"{invalid} item(s) are invalid{listed}; nothing was written",
+                       {"items": problems, "invalid": invalid})
     key = _idempotency_key()
     _enforce_quota_unless_replay(caller, key, len(jobs))
     try:
@@ -238,6 +235,36 @@ def _submit_batch() -> tuple[Response, int]:
         count_submitted(len(submission.rows))
     rows = [{"id": row["id"], "status": row["status"]} for row in submission.rows]
     return jsonify({"count": len(rows), "jobs": rows}), 200 if submission.replayed else 202
+
+
+def _build_batch(batch: BatchRequest, caller: Caller, settings: Settings,
+                 ) -> tuple[list[NewJob], list[dict[str, Any]], int]:
+    """Every item validated and built: the jobs, the first MAX_LISTED_ERRORS problems (index, code, message,
+    details) and how many items are invalid. Once one is, the jobs are no longer kept, only counted."""
+    jobs: list[NewJob] = []
+    problems: list[dict[str, Any]] = []
+    invalid = 0
+    for index, item in enumerate(batch.jobs):
+        try:
+            req = validated(JobRequest, item)
+            if req.dedupe:
+                raise ApiError(422, "validation_error", "'dedupe' applies to single submissions (POST /jobs)")
+            # Batch jobs carry no dedupe hash: hashing 10k canonical requests cost a tenth of the ingest time,
+            # and dedupe is a single-submission feature.
+            job = build_job(req, caller, settings, with_dedupe_hash=False)
+        except ValidationError as exc:
+            problem = {"index": index, "code": "validation_error", "details": validation_details(exc)}
+        except ApiError as exc:
+            problem = {"index": index, "code": exc.code, "message": exc.message, "details": exc.details}
+        else:
+            if not invalid:
+                jobs.append(job)
+            continue
+        invalid += 1
+        jobs.clear()
+        if len(problems) < MAX_LISTED_ERRORS:
+            problems.append(problem)
+    return jobs, problems, invalid
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -319,7 +346,7 @@ def list_jobs() -> Response:
         raise ApiError(400, "invalid_query", "limit must be an integer") from exc
     if not 1 <= limit <= max_limit:
         raise ApiError(400, "invalid_query", f"limit must be between 1 and {max_limit}")
-    before_id = _decode_cursor(args["cursor"]) if "cursor" in args else None
+    before_id = _decode_cursor(args["cursor"]) if args.get("cursor") else None  # empty: the first page
     rows = services().queue.list_jobs(caller.tenant, status=status, workflow=args.get("workflow"), since=since,
                                  before_id=before_id, limit=limit + 1)
     page = rows[:limit]

@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
+from comfyq.api.request_body import BYTES_PER_VALUE
 from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, TenantSettings, TokenRequest
 from comfyq.callback_secrets import MAX_ACTIVE
 from comfyq.jobs import STATUSES
@@ -459,16 +460,26 @@ def _request_schemas(settings: Settings, components: dict[str, Any]) -> dict[str
     job["properties"]["params"]["description"] += (
         f" String values are at most {settings.max_prompt_chars} characters.")
     job["properties"]["graph"]["description"] += f" At most {settings.max_graph_nodes} nodes."
-    # What JobRequest's model validator checks: exactly one source, and params only with a template.
+    # What graph_check.py checks of each node (links to missing nodes aside, which a schema cannot say).
+    job["properties"]["graph"]["anyOf"][0].update(
+        minProperties=1, maxProperties=settings.max_graph_nodes,
+        propertyNames={"minLength": 1, "description": "A node id; links name it."},
+        additionalProperties={
+            "type": "object", "required": ["class_type"],
+            "properties": {"class_type": {"type": "string", "minLength": 1},
+                           "inputs": {"type": "object", "description": "Values, or links `[node_id, output index]`."}}})
+    # What JobRequest's model validator checks: exactly one source, and params only with a template. Each branch
+    # rules the other source out (absent or null), so a body with both matches neither.
     job["oneOf"] = [
-        {"required": ["workflow"], "properties": {"workflow": {"type": "string"}}},
-        {"required": ["graph"], "properties": {"graph": {"type": "object", "minProperties": 1},
+        {"required": ["workflow"], "properties": {"workflow": {"type": "string"}, "graph": {"type": "null"}}},
+        {"required": ["graph"], "properties": {"graph": {"type": "object"}, "workflow": {"type": "null"},
                                               "params": {"maxProperties": 0}}},
     ]
     job["description"] = ("One job: a template (`workflow` with `params`) or a raw graph (`graph`). Strings may "
                           "not contain NUL characters.")
     batch = _model_schema(BatchRequest, components)
     batch["properties"]["jobs"]["items"] = _ref("JobRequest")
+    batch["properties"]["jobs"]["maxItems"] = settings.max_batch_jobs
     batch["properties"]["jobs"]["description"] = (
         f"1 to {settings.max_batch_jobs} jobs (COMFYQ_MAX_BATCH_JOBS), each as for POST /jobs but without "
         "`dedupe`. All are validated first: one bad item refuses the whole batch.")
@@ -495,7 +506,8 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                        "same key with another body is a 409. Keys are per tenant; surrounding spaces are "
                        "ignored.",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
-    body_note = f"Bodies are at most {settings.max_body_bytes} bytes (COMFYQ_MAX_BODY_BYTES)."
+    body_note = (f"Bodies are at most {settings.max_body_bytes} bytes (COMFYQ_MAX_BODY_BYTES) and "
+                 f"{settings.max_body_bytes // BYTES_PER_VALUE} JSON values, counted while the body is read.")
     job_example = {"workflow": "txt2img", "params": {"prompt": "a red fox in snow", "seed": 42}, "priority": 5}
     submit_job = {
         "operationId": "submitJob", "tags": ["jobs"], "summary": "Submit one job",
@@ -525,8 +537,10 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
             "post": {
                 "operationId": "submitBatch", "tags": ["jobs"], "summary": "Submit many jobs, all or nothing",
                 "description": f"Bodies are at most {settings.max_batch_body_bytes} bytes "
-                               "(COMFYQ_MAX_BATCH_BODY_BYTES). The quota counts every job of the batch; the rate "
-                               "limit counts the request once.",
+                               f"(COMFYQ_MAX_BATCH_BODY_BYTES) and {settings.max_batch_body_bytes // BYTES_PER_VALUE} "
+                               "JSON values; both, and the number of jobs, are counted while the body is read, and "
+                               "a body over one is refused (413) before it is parsed. The quota counts every job "
+                               "of the batch; the rate limit counts the request once.",
                 "parameters": [idempotency_key],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("BatchRequest"),
@@ -550,7 +564,7 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": settings.list_page_max, "default": 50},
                      "description": "Page size (at most COMFYQ_LIST_PAGE_MAX)."},
                     {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                     "description": "`next_cursor` of the previous page."}],
+                     "description": "`next_cursor` of the previous page; empty or absent: the first page."}],
                 "responses": {"200": _json(_ref("JobList"), "One page.")}}},
         "/jobs/{job_id}": {
             "get": {
@@ -565,7 +579,7 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                                "with its Content-Type, an ETag, Last-Modified and range requests (206). Object "
                                "storage: a 302 to a signed URL valid for at most 5 minutes.",
                 "parameters": [job_id, {"name": "index", "in": "path", "required": True,
-                                        "schema": {"type": "integer", "minimum": 0}}],
+                                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_JOB_ID}}],
                 "responses": {
                     "200": {"description": "The output's bytes.",
                             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
