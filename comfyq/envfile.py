@@ -80,6 +80,7 @@ def init_env(env_file: Path, example: Path) -> list[str]:
     """Write env_file (mode 0600); returns the keys that got new random values."""
     text, generated = render(example.read_text(encoding="utf-8"), read_env(env_file))
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed (`cp .env.example .env`) keeps its mode through open(): 0644, say
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     return generated

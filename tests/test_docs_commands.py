@@ -47,6 +47,7 @@ EXTERNAL = {
     "sed": "reads a value out of a file the docs name",
     "psql": "PostgreSQL's shell",
     "pip": "installing comfyq itself",
+    "pytest": "the project's tests; the test files it names must exist",
 }
 # Files a documented command reads that an earlier command writes, with the code that writes them.
 WRITTEN_AT_RUN_TIME = {"n8n/data/secrets.env": "n8n/n8nctl.py"}
@@ -118,7 +119,7 @@ def known_settings() -> set[str]:
         alias = field.validation_alias
         names |= {str(a) for a in getattr(alias, "choices", ())} or {f"COMFYQ_{name.upper()}"}
     return names | {"DATABASE_URL", "COMFYUI_URL", "QUEUE_BACKEND", "REDIS_URL", "TEST_DATABASE_URL", "KEY",
-                    "TOKEN"}
+                    "TOKEN", "COMFYQ_FUZZ_EXAMPLES"}  # the last one: the test suite's fuzz budget (security.md)
 
 
 def check_assignments(words: list[str], command: Command) -> list[str]:

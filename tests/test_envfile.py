@@ -52,6 +52,15 @@ def test_init_writes_every_secret_compose_requires(tmp_path: Path) -> None:
     assert env["COMFYUI_URL"] == read_env(EXAMPLE)["COMFYUI_URL"]  # settings keep the example's value
 
 
+def test_init_makes_a_readable_env_private_before_it_writes_secrets(tmp_path: Path) -> None:
+    """`cp .env.example .env` then `comfyq init` wrote every generated secret into a file anyone could read."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(EXAMPLE.read_text())
+    env_file.chmod(0o644)
+    run_init(env_file)
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
 def test_init_keeps_what_is_set_and_adds_what_is_new(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("POSTGRES_PASSWORD=mine\nMY_OWN=1\n")

@@ -86,6 +86,35 @@ def server() -> Iterator[tuple[str, list[str]]]:
     ("http://[2002:a00:1::]/", "private"),  # 6to4 of 10.0.0.1
     ("http://[64:ff9b::7f00:1]/", "loopback"),  # NAT64 of 127.0.0.1
     ("https://localhost:8443/", "loopback"),
+    # Other spellings of loopback that resolvers accept: decimal, hexadecimal, octal, short forms, upper case.
+    ("http://2130706433/", "loopback"),
+    ("http://0x7f000001/", "loopback"),
+    ("http://017700000001/", "loopback"),
+    ("http://0177.0.0.1/", "loopback"),
+    ("http://127.1/", "loopback"),
+    ("http://0/", "unspecified"),
+    ("HTTP://127.0.0.1/", "loopback"),
+    # The host after userinfo, not before it; a fragment is not the host.
+    ("http://8.8.8.8@127.0.0.1/", "loopback"),
+    ("http://127.0.0.1#@8.8.8.8/", "loopback"),
+    # Special-purpose IPv4 blocks: documentation, benchmarking, IETF protocol assignments, broadcast.
+    ("http://192.0.2.1/", "private"),
+    ("http://198.51.100.7/", "private"),
+    ("http://203.0.113.9/", "private"),
+    ("http://198.18.0.1/", "private"),
+    ("http://192.0.0.1/", "private"),
+    ("http://255.255.255.255/", "reserved"),
+    # IPv6: the IPv6 metadata address, metadata behind NAT64, loopback behind 6to4, mapped in hexadecimal,
+    # IPv4-compatible (deprecated), Teredo, documentation and discard-only prefixes.
+    ("http://[fd00:ec2::254]/", "cloud metadata"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "cloud metadata"),
+    ("http://[2002:7f00:1::]/", "loopback"),
+    ("http://[::ffff:7f00:1]/", "loopback"),
+    ("http://[0:0:0:0:0:ffff:a00:1]/", "private"),
+    ("http://[::127.0.0.1]/", "reserved"),
+    ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", "private"),
+    ("http://[2001:db8::1]/", "private"),
+    ("http://[100::1]/", "reserved"),
 ])
 def test_non_public_targets_are_refused(url: str, reason: str) -> None:
     with pytest.raises(UnsafeUrl) as info:
@@ -203,6 +232,18 @@ def test_a_refused_address_falls_back_to_the_next_checked_one(server: tuple[str,
     with guard.session() as session:
         response = guard.request(session, "GET", f"http://two.test:{port}/", timeout=5)
     assert response.status_code == 200 and seen == [f"two.test:{port}"]
+
+
+def test_where_url_parsers_disagree_the_connection_is_checked(server: tuple[str, list[str]]) -> None:
+    """`http://127.0.0.1:PORT\\@8.8.8.8/`: urllib.parse (the check) reads host 8.8.8.8, urllib3 (the connection)
+    127.0.0.1. The check passes, and the pinned connection refuses the address it would really reach."""
+    address, seen = server
+    url = f"http://{address}\\@8.8.8.8/"
+    guard = AddressGuard("")
+    guard.check(url)  # urllib.parse sees a public host
+    with guard.session() as session, pytest.raises(UnsafeUrl, match="loopback"):
+        guard.request(session, "GET", url, timeout=5)
+    assert seen == []
 
 
 def test_redirects_are_checked_hop_by_hop(server: tuple[str, list[str]]) -> None:

@@ -8,59 +8,47 @@ import base64
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
 from flask import Flask
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.errors import Unsatisfiable
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from comfyq import tokens
 from comfyq.api.app import create_app
 from comfyq.api.openapi import OPERATION_ERRORS, PUBLIC_OPERATIONS, build_document
-from comfyq.api.openapi import bp as openapi_bp
 from comfyq.db import Database
-from comfyq.jobs import JobQueue, NewJob
+from comfyq.jobs import JobQueue
 from comfyq.settings import PROJECT_ROOT, Settings
+from tests.support.openapi_fuzz import (
+    CHECKS,
+    FUZZ_CONFIG,
+    GRAPH,
+    GRAPH_JOB,
+    NOT_FUZZED,
+    close_app,
+    contract,
+    fuzz,
+    header,
+    make_app,
+    seed_jobs,
+    strategies,
+)
 
 API_DIR = PROJECT_ROOT / "comfyq" / "api"
-GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
-GRAPH_JOB = {"graph": GRAPH}
-# Reproducible: FUZZ_SETTINGS below derandomizes Hypothesis; nothing is written to a Hypothesis database.
-FUZZ_CONFIG = schemathesis.Config.from_dict({"generation": {"deterministic": True, "database": "none"}})
-
-
-def make_app(db_url: str, tmp_path: Path) -> Flask:
-    app = create_app(Settings(database_url=db_url, token_cache_seconds=0, storage_dir=tmp_path / "out"))
-    if "openapi" not in app.blueprints:  # until app.py registers it (registering it twice would raise)
-        app.register_blueprint(openapi_bp)
-    return app
 
 
 @pytest.fixture
 def app(db_url: str, tmp_path: Path) -> Iterator[Flask]:
     application = make_app(db_url, tmp_path)
     yield application
-    services = application.extensions.get("comfyq")
-    if services is not None:
-        services.db.close()
+    close_app(application)
 
 
 def flask_operations(app: Flask) -> set[tuple[str, str]]:
@@ -190,113 +178,13 @@ def operator_headers(db: Database) -> dict[str, str]:
 @pytest.fixture
 def api_schema(app: Flask, db: Database, fuzz_headers: dict[str, str]) -> Any:
     """The API loaded from its own /openapi.json, with jobs 1..4 in every kind of state to read, cancel, retry."""
-    queue = JobQueue(db)
-    for _ in range(4):
-        queue.enqueue(NewJob(graph=GRAPH, workflow="txt2img", params={"prompt": "x"}, tenant="fuzz"))
-    done = queue.claim("w")
-    assert done is not None
-    queue.complete(done.lease, [{"key": f"{done.id}/1/a.png", "size": 3, "content_type": "image/png",
-                                 "location": "/tmp/a.png", "node_id": "2", "filename": "a.png"}])
-    failed = queue.claim("w")
-    assert failed is not None
-    queue.fail_attempt(failed.lease, {"type": "permanent", "message": "boom", "retryable": False},
-                       retryable=False, delay_seconds=0)
-    queue.cancel(3, "fuzz")
+    seed_jobs(db, "fuzz")
     return schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
 
 
-# Retention deletes data and a revocation could revoke the fuzz token itself (both tested by example below);
-# metrics is text.
-NOT_FUZZED = {"/admin/retention", "/admin/tokens/{ref}", "/metrics"}
 # Read-only routes an admin token only gets 403 from: fuzzed with an operator token, so their answers are checked.
+# (tests/test_security_matrix.py fuzzes as every role.)
 AS_OPERATOR = {("GET", "/admin/workers"), ("GET", "/admin/tenants"), ("GET", "/admin/tokens")}
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
-EXAMPLES = 15  # per operation and mode (valid and invalid requests)
-TARGETED_EXAMPLES = 40  # per extra strategy below
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                                HealthCheck.data_too_large])
-# schemathesis derives inputs from the document alone, so random workflow names are all unknown and random graphs
-# almost never well formed. These strategies also send the shipped template and well-formed graphs, with what a
-# database refuses to store (NUL, unpaired surrogates, time zones beyond 15:59, years 1 and 9999), cursors and
-# replayed or reused Idempotency-Keys. (NaN cannot be sent through schemathesis: see the tests at the end.)
-ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
-NICE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
-NUMBERS = st.floats(allow_nan=False, allow_infinity=False)
-MOMENTS = st.datetimes(timezones=st.integers(-1439, 1439).map(lambda m: timezone(timedelta(minutes=m)))).map(
-    datetime.isoformat)
-JOB_OPTIONS = {"priority": st.integers(-1100, 1100), "deadline": MOMENTS, "max_attempts": st.integers(0, 101),
-               "callback_url": ANY_TEXT.map(lambda x: f"https://hooks.example/{x}")}
-TEMPLATE_PARAMS = st.fixed_dictionaries({"prompt": ANY_TEXT}, optional={
-    "seed": st.integers(-1, 2**65), "width": st.sampled_from([63, 64, 512, 513, 4096]), "cfg": NUMBERS,
-    "checkpoint": ANY_TEXT, "negative_prompt": ANY_TEXT})
-TEMPLATE_JOBS = st.fixed_dictionaries({"workflow": st.just("txt2img"), "params": TEMPLATE_PARAMS},
-                                      optional={**JOB_OPTIONS, "dedupe": st.booleans()})
-NODE_IDS = st.sampled_from(["1", "2", "3"]) | ANY_TEXT
-LINKS = st.tuples(NODE_IDS, st.integers(0, 2)).map(list)
-NODES = st.fixed_dictionaries({"class_type": ANY_TEXT, "inputs": st.dictionaries(
-    ANY_TEXT, ANY_TEXT | st.integers() | NUMBERS | st.booleans() | st.none() | LINKS, max_size=3)})
-GRAPH_JOBS = st.fixed_dictionaries({"graph": st.dictionaries(NODE_IDS, NODES, min_size=1, max_size=3)},
-                                   optional=JOB_OPTIONS)
-VALID_JOBS = st.fixed_dictionaries(  # valid but for the deadline, so that whole batches reach the database
-    {"workflow": st.just("txt2img"), "params": st.fixed_dictionaries({"prompt": NICE_TEXT})},
-    optional={"priority": st.integers(-1000, 1000), "deadline": MOMENTS})
-BATCHES = st.lists(VALID_JOBS | TEMPLATE_JOBS | GRAPH_JOBS, min_size=1, max_size=3).map(lambda jobs: {"jobs": jobs})
-CURSORS = st.integers(-1, 2**70).map(lambda n: base64.urlsafe_b64encode(f"id:{n}".encode()).decode().rstrip("="))
-LIST_QUERIES = st.fixed_dictionaries({}, optional={
-    "since": MOMENTS, "workflow": ANY_TEXT, "cursor": CURSORS, "status": st.sampled_from(["queued", "failed"]),
-    "limit": st.integers(0, 600)})
-KEYS = st.sampled_from(["k1", "k2", "x" * 256]) | st.none()  # repeats, conflicts, too long, or no key
-NO_KEY: st.SearchStrategy[str | None] = st.none()
-
-
-def targeted(operation: Any) -> dict[str, st.SearchStrategy[schemathesis.Case]]:
-    """Extra strategies for the operations whose interesting inputs the document cannot describe."""
-    def with_body(bodies: st.SearchStrategy[Any], keys: st.SearchStrategy[str | None] = NO_KEY) -> Any:
-        def case(body: Any, key: str | None) -> Any:
-            headers = {} if key is None else {"Idempotency-Key": f"{operation.path}:{key}"}
-            return operation.as_strategy(body=body, headers=headers, media_type="application/json")
-        return st.tuples(bodies, keys).flatmap(lambda pair: case(*pair))
-
-    route = (operation.method.upper(), operation.path)
-    if route == ("POST", "/jobs"):
-        return {"templates": with_body(TEMPLATE_JOBS), "graphs": with_body(GRAPH_JOBS),
-                "idempotency keys": with_body(VALID_JOBS | GRAPH_JOBS, KEYS)}
-    if route == ("POST", "/jobs/batch"):
-        return {"batches": with_body(BATCHES, KEYS)}
-    if route == ("GET", "/jobs"):
-        return {"queries": LIST_QUERIES.flatmap(lambda query: operation.as_strategy(query=query))}
-    return {}
-
-
-def fuzz(strategy: st.SearchStrategy[schemathesis.Case], headers: dict[str, str], max_examples: int) -> str | None:
-    """Run the checks on up to max_examples cases; the failure report (with the request), or None."""
-    @settings(FUZZ_SETTINGS, max_examples=max_examples)
-    @given(case=strategy)
-    def run(case: schemathesis.Case) -> None:
-        try:
-            case.call_and_validate(headers=headers, checks=CHECKS)
-        except (Exception, BaseExceptionGroup) as exc:
-            exc.add_note(f"request: {case.method} {case.formatted_path} query={case.query} "
-                         f"headers={ {k: v for k, v in (case.headers or {}).items() if k != 'Authorization'} } "
-                         f"body={case.body!r:.400}")
-            raise
-
-    try:
-        run()
-    except Unsatisfiable:  # nothing to make invalid: a negative run of an operation without inputs
-        return None
-    except (Exception, BaseExceptionGroup) as exc:  # report every operation's failures, not only the first one
-        return "\n".join(_describe(exc))
-    return None
-
-
-def _describe(exc: BaseException) -> list[str]:
-    notes = getattr(exc, "__notes__", [])
-    if isinstance(exc, BaseExceptionGroup):
-        return [*notes, *(line for part in exc.exceptions for line in _describe(part))]
-    return [f"{type(exc).__name__}: {exc}".strip(), *notes]
 
 
 def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, str],
@@ -311,34 +199,12 @@ def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, 
         operation = result.ok()
         if operation.path in NOT_FUZZED:
             continue
-        strategies = {mode.value: (operation.as_strategy(generation_mode=mode), EXAMPLES)
-                      for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)}
-        strategies.update({name: (strategy, TARGETED_EXAMPLES) for name, strategy in targeted(operation).items()})
         headers = operator_headers if (operation.method.upper(), operation.path) in AS_OPERATOR else fuzz_headers
-        for name, (strategy, max_examples) in strategies.items():
+        for name, (strategy, max_examples) in strategies(operation).items():
             failure = fuzz(strategy, headers, max_examples)
             if failure is not None:
                 failures[f"{operation.label} ({name})"] = failure
     assert not failures, "\n\n".join(f"== {label}\n{failure}" for label, failure in failures.items())
-
-
-def contract(app: Flask, checks: list[Any] = CHECKS) -> Any:
-    """A caller that sends one request to app and checks the answer against the document, like the fuzz run."""
-    api = schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
-
-    def call(method: str, path: str, expected: int, headers: dict[str, str] | None = None,
-             **kwargs: Any) -> Any:
-        if "body" in kwargs:
-            kwargs.setdefault("media_type", "application/json")
-        response = api[path][method].Case(**kwargs).call_and_validate(headers=headers or {}, checks=checks)
-        assert response.status_code == expected, response.text
-        return response
-    return call
-
-
-def header(response: Any, name: str) -> str:
-    value: str = response.headers[name.lower()][0]
-    return value
 
 
 def test_documented_answers_by_example(app: Flask, db: Database, fuzz_headers: dict[str, str]) -> None:

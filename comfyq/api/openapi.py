@@ -104,6 +104,16 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/workflows/{name}"): {**AUTH_ERRORS, 404: ["not_found"]},
 }
 PUBLIC_OPERATIONS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json")}
+# The least role a bearer operation's token needs (comfyq.tokens.ROLES), stated per operation as
+# `x-required-role`; those not named here need a submitter. tests/test_security_matrix.py holds the routes to it.
+REQUIRED_ROLES = {
+    **dict.fromkeys([("post", "/admin/retention"), ("get", "/admin/tokens"), ("post", "/admin/tokens"),
+                     ("delete", "/admin/tokens/{ref}"), ("get", "/admin/tenants/{name}/callback-secrets"),
+                     ("post", "/admin/tenants/{name}/callback-secrets"),
+                     ("delete", "/admin/tenants/{name}/callback-secrets/{secret_id}")], "admin"),
+    **dict.fromkeys([("get", "/admin/workers"), ("get", "/admin/tenants"), ("put", "/admin/tenants/{name}")],
+                    "operator"),
+}
 
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "required": True,
                "schema": {"type": "integer", "minimum": 1}}
@@ -762,7 +772,11 @@ def _paths(settings: Settings) -> dict[str, Any]:
             errors = OPERATION_ERRORS[(method, path)]
             for status in sorted(errors):
                 operation["responses"][str(status)] = _error_response(status, errors[status])
-            operation["security"] = [] if (method, path) in PUBLIC_OPERATIONS else [{"bearerAuth": []}]
+            if (method, path) in PUBLIC_OPERATIONS:
+                operation["security"] = []
+            else:
+                operation["security"] = [{"bearerAuth": []}]
+                operation["x-required-role"] = REQUIRED_ROLES.get((method, path), "submitter")
             paths.setdefault(path, {})[method] = operation
     return paths
 
@@ -795,7 +809,8 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
                 "type": "http", "scheme": "bearer",
                 "description": "`Authorization: Bearer <token>`: a token from `comfyq token create` (stored only "
                                "as a hash), or COMFYQ_API_TOKEN, an operator token of tenant "
-                               f"`{settings.api_tenant}`."}}},
+                               f"`{settings.api_tenant}`. Each operation's `x-required-role` names the least "
+                               "role its token needs (submitter < admin < operator)."}}},
     }
 
 

@@ -71,6 +71,9 @@ class BatchRequest(BaseModel):
 
 TenantName = Annotated[str, Field(strict=True, pattern=TENANT_PATTERN)]
 INT32_MAX = 2**31 - 1  # the tenants table's integer columns
+# The least rate_per_second: the tenants table keeps it as a Postgres real, which refuses what is nearer zero than
+# about 1e-45 (5e-324 was a 500); below one request in 11 days a rate means nothing anyway.
+RATE_MIN = 1e-6
 
 
 class RetentionRequest(BaseModel):
@@ -100,5 +103,5 @@ class TenantSettings(BaseModel):
 
     allow_raw_graphs: StrictBool = False
     max_queued_jobs: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
-    rate_per_second: Annotated[float, Field(strict=True, gt=0, le=1_000_000)] | None = None
+    rate_per_second: Annotated[float, Field(strict=True, ge=RATE_MIN, le=1_000_000)] | None = None
     rate_burst: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
