@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +37,16 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    data_dir = tmp_path_factory.mktemp("pg")
+    # Not under pytest's own temp folder: started as root, the server runs as its own user, which the package lets
+    # through by opening the parent folders (o+rx); any pytest that starts meanwhile closes pytest-of-root (0700)
+    # again, and the running server then loses its data folder.
+    data_dir = Path(tempfile.mkdtemp(prefix="comfyq-test-pg-"))
     url = embedded.start(data_dir)
     try:
         yield url
     finally:
         embedded.stop(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

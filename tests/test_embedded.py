@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,9 @@ from tests.conftest import SQL_DIR
 pytestmark = pytest.mark.slow
 
 
-def test_embedded_server_starts_migrates_queues_and_stops(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_embedded_server_starts_migrates_queues_and_stops() -> None:
+    base = Path(tempfile.mkdtemp(prefix="comfyq-embedded-"))  # not under pytest's folder, see conftest.server_url
+    data_dir = base / "pg"
     url = embedded.start(data_dir)
     try:
         db = Database(url, SQL_DIR)
@@ -29,3 +32,5 @@ def test_embedded_server_starts_migrates_queues_and_stops(tmp_path: Path) -> Non
     finally:
         embedded.stop(data_dir)
     assert not (data_dir / "postmaster.pid").exists()
+    shutil.rmtree(base, ignore_errors=True)
+
