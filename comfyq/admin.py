@@ -28,16 +28,26 @@ def queue_stats(db: Database, tenant: str | None, *, alive_seconds: float,
             oldest = max(oldest or 0.0, float(row["oldest_age"]))
     finished = {row["status"]: int(row["jobs"]) for row in db.fetch_all(
         "stats_finished_recently", {"tenant": tenant, "window_seconds": window_seconds})}
-    workers = db.fetch_one("stats_workers", {"alive_seconds": alive_seconds}) or {"alive": 0, "silent": 0}
+    workers = db.fetch_one("stats_workers", {"alive_seconds": alive_seconds}) or {"alive": 0, "silent": 0, "dead": 0}
     return {"queued": totals["queued"], "running": totals["running"], "by_priority": depth,
             "oldest_queued_seconds": round(oldest, 3) if oldest is not None else None,
             "finished_last_hour": finished,
-            "workers": {"alive": int(workers["alive"]), "silent": int(workers["silent"])}}
+            "workers": {key: int(workers[key]) for key in ("alive", "silent", "dead")}}
 
 
 def list_workers(db: Database, *, include_stopped: bool) -> list[Row]:
     """Workers with their heartbeat age, current job, ComfyUI URL and the dependencies they see down."""
     return db.fetch_all("list_workers", {"include_stopped": include_stopped})
+
+
+def forget_worker(db: Database, worker_id: str, *, dead_after_seconds: float) -> Row | None:
+    """Delete a dead or stopped worker's row (or one silent past the bound, when no live worker was left to declare
+    it dead). Returns the row as it was with `forgotten` false when the worker may still be alive; None when there is
+    no such worker. Its jobs are not touched: running ones are rescued when their leases expire."""
+    row = db.fetch_one("forget_worker", {"id": worker_id, "dead_after_seconds": dead_after_seconds})
+    if row is None:
+        return None
+    return {key: value for key, value in row.items() if key != "may_forget"}
 
 
 def apply_retention(db: Database, storage: Storage, older_than_seconds: int, *,

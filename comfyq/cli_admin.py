@@ -1,8 +1,8 @@
-"""Admin commands through the HTTP API (workers, token create|list|revoke, tenant set|list, tenant callback-secret
-create|list|retire, retention): the same way in as status and jobs, with a token whose role allows it (admin for a
-tenant's own tokens, callback secrets and retention, operator for workers, tenants and anything across tenants).
-Only the bootstrap (the first token, token import, migrate) talks to the database, in cli.py. A refused or
-unreachable call reaches cli.main, which reports it (cli_api.api_failed) and exits 3, or 4 for a 404."""
+"""Admin commands through the HTTP API (workers [forget], token create|list|revoke, tenant set|list, tenant
+callback-secret create|list|retire, retention): the same way in as status and jobs, with a token whose role allows
+it (admin for a tenant's own tokens, callback secrets and retention, operator for workers, tenants and anything
+across tenants). Only the bootstrap (the first token, token import, migrate) talks to the database, in cli.py. A
+refused or unreachable call reaches cli.main, which reports it (cli_api.api_failed) and exits 3, or 4 for a 404."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def cmd_workers(args: argparse.Namespace) -> int:
     people = [{**row, "heartbeat_age": f"{row['heartbeat_age_seconds']:.1f}s"} for row in _for_people(rows)]
     emit(args, rows, render_table(people, ["id", "status", "host", "comfyui_url", "current_job_id", "jobs_done",
                                            "dependencies_down", "heartbeat_age"]) if rows else "no workers")
+    return EXIT_OK
+
+
+def cmd_workers_forget(args: argparse.Namespace) -> int:
+    row = client(args).forget_worker(args.id)
+    emit(args, row, f"forgot worker {row['id']} ({row['status']}, host {row['host']}, last heartbeat "
+                    f"{row['heartbeat_age_seconds']:.0f}s ago)")
     return EXIT_OK
 
 
@@ -177,7 +184,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     retention.set_defaults(func=cmd_retention)
 
     workers = sub.add_parser("workers", parents=[common], description=EXIT_CODES,
-                             help="workers with heartbeat age, current job, ComfyUI URL and what they see down "
-                                  "(operator token)")
+                             help="workers with status (running, draining, dead, stopped), heartbeat age, current "
+                                  "job, ComfyUI URL and what they see down (operator token)")
     workers.add_argument("--all", action="store_true", help="include stopped workers")
     workers.set_defaults(func=cmd_workers)
+    forget = workers.add_subparsers(dest="action").add_parser(
+        "forget", parents=[api_options(inherited=True)],
+        description=EXIT_CODES + " A worker that may still be alive is refused (3).",
+        help="delete a dead or stopped worker from the list (its jobs are rescued by their leases either way)")
+    forget.add_argument("id", help="the worker's id, as `comfyq workers` shows it")
+    forget.set_defaults(func=cmd_workers_forget)

@@ -39,12 +39,16 @@ def api_failed(command: str, exc: ApiCallFailed) -> int:
     return EXIT_NOT_FOUND if exc.status == 404 else EXIT_API
 
 
-def api_options() -> argparse.ArgumentParser:
-    """--api-url, --token and --json, shared by every command that goes through the API."""
+def api_options(*, inherited: bool = False) -> argparse.ArgumentParser:
+    """--api-url, --token and --json, shared by every command that goes through the API. inherited: for a
+    subcommand of a command that takes them too, without defaults of its own, so `comfyq workers --token T forget X`
+    keeps the token given before the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api-url", help="the API (default COMFYQ_API_URL, http://127.0.0.1:8000)")
-    common.add_argument("--token", help="bearer token (default COMFYQ_API_TOKEN)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    unset: Any = argparse.SUPPRESS if inherited else None
+    common.add_argument("--api-url", default=unset, help="the API (default COMFYQ_API_URL, http://127.0.0.1:8000)")
+    common.add_argument("--token", default=unset, help="bearer token (default COMFYQ_API_TOKEN)")
+    common.add_argument("--json", action="store_true", default=unset if inherited else False,
+                        help="print JSON instead of a table")
     return common
 
 
@@ -178,8 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     oldest = stats["oldest_queued_seconds"]
     table += (f"\n\nqueued {stats['queued']}, running {stats['running']}, oldest queued "
               f"{'-' if oldest is None else f'{oldest:.0f}s'}, workers alive {stats['workers']['alive']} "
-              f"(silent {stats['workers']['silent']}), finished last hour {stats['finished_last_hour']}; "
-              f"scope: {stats['scope']}")
+              f"(silent {stats['workers']['silent']}, dead {stats['workers']['dead']}), finished last hour "
+              f"{stats['finished_last_hour']}; scope: {stats['scope']}")
     emit(args, stats, table)
     return EXIT_OK
 

@@ -81,6 +81,10 @@ class ApiClient:
         return list(self._call("GET", "/admin/workers", params={"all": "true" if include_stopped else "false"})[
             "workers"])
 
+    def forget_worker(self, worker_id: str) -> dict[str, Any]:
+        """Delete a dead or stopped worker's row; the API answers 409 for one that may still be alive."""
+        return dict(self._call("DELETE", f"/admin/workers/{quote(worker_id, safe='')}"))
+
     def tokens(self, tenant: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/admin/tokens", params={"tenant": tenant} if tenant else {})["tokens"])
 

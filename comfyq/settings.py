@@ -20,6 +20,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # 30 million).
 API_TOKEN_MIN_LENGTH = 32
 API_TOKEN_MIN_DISTINCT = 8
+# COMFYQ_WORKER_DEAD_AFTER_SECONDS: its default, and the fewest heartbeat intervals it may span.
+DEAD_AFTER_SECONDS = 120.0
+DEAD_AFTER_HEARTBEATS = 3
 API_TOKEN_PLACEHOLDER = re.compile(r"change[-_ ]?me|your[-_ ]?token|^<.*>$", re.IGNORECASE)
 
 
@@ -81,6 +84,9 @@ class Settings(BaseSettings):
 
     # Worker and ComfyUI.
     worker_id: str | None = None
+    # A worker silent this long is declared dead by the others' maintenance ticks (and an operator may forget it).
+    # Above the n8n alert's heartbeat_silence_seconds plus its period, so a death is announced before it is handled.
+    worker_dead_after_seconds: float = Field(default=DEAD_AFTER_SECONDS, gt=0)
     job_timeout_seconds: float = Field(default=1800.0, gt=0)
     comfyui_connect_timeout: float = Field(default=5.0, gt=0)
     comfyui_request_timeout: float = Field(default=30.0, gt=0)
@@ -204,6 +210,14 @@ class Settings(BaseSettings):
         if not floors or any(a <= b for a, b in itertools.pairwise(floors)):
             raise ValueError("COMFYQ_REDIS_BAND_FLOORS needs at least one floor, strictly descending")
         return ",".join(str(f) for f in floors)
+
+    @model_validator(mode="after")
+    def _dead_after_heartbeats(self) -> Settings:
+        """A worker is declared dead only after several missed heartbeats, never for one slow tick."""
+        if self.worker_dead_after_seconds < DEAD_AFTER_HEARTBEATS * self.heartbeat_seconds:
+            raise ValueError(f"COMFYQ_WORKER_DEAD_AFTER_SECONDS must be at least {DEAD_AFTER_HEARTBEATS} x "
+                             f"COMFYQ_HEARTBEAT_SECONDS ({DEAD_AFTER_HEARTBEATS * self.heartbeat_seconds:g} s)")
+        return self
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> Settings:

@@ -268,7 +268,7 @@ def test_stats_show_depth_by_priority_and_workers(client: FlaskClient, token: Ca
     db.execute("register_worker", {"id": "w1", "host": "h", "pid": 1, "comfyui_url": "http://c"})
     body = client.get("/stats", headers=headers).get_json()
     assert body["queued"] == 4 and body["by_priority"]["queued"] == {"9": 1, "5": 1, "0": 2}
-    assert body["oldest_queued_seconds"] >= 0 and body["workers"] == {"alive": 1, "silent": 0}
+    assert body["oldest_queued_seconds"] >= 0 and body["workers"] == {"alive": 1, "silent": 0, "dead": 0}
     assert body["scope"] == "acme"
     assert client.get("/stats", headers=token("other")).get_json()["queued"] == 0
 

@@ -12,15 +12,16 @@ import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from comfyq import callback_secrets, tokens
-from comfyq.admin import apply_retention, list_workers
+from comfyq.admin import apply_retention, forget_worker, list_workers
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import Caller, require_token
 from comfyq.api.request_body import json_body
 from comfyq.api.schemas import RetentionRequest, TenantSettings, TokenRequest
 from comfyq.api.services import services
+from comfyq.settings import Settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__)
@@ -61,6 +62,28 @@ def workers() -> Response:
         raise ApiError(400, "invalid_query", "all must be true or false")
     rows = list_workers(services().db, include_stopped=include == "true")
     return jsonify({"workers": [tokens.public(row) for row in rows]})
+
+
+@bp.delete("/admin/workers/<worker_id>")
+def forget(worker_id: str) -> Response:
+    """Forget a dead or stopped worker: its row goes, so it leaves the lists and the alerts. A worker that may
+    still be alive is refused rather than hidden while it runs."""
+    caller = require_token("operator")
+    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
+    row = None
+    if "\x00" not in worker_id:  # Postgres text cannot hold NUL, so no worker has it in its id
+        row = forget_worker(services().db, worker_id, dead_after_seconds=settings.worker_dead_after_seconds)
+    if row is None:
+        raise ApiError(404, "not_found", f"no worker {worker_id!r}")
+    forgotten = row.pop("forgotten")
+    if not forgotten:
+        raise ApiError(409, "worker_alive", f"worker {worker_id!r} is {row['status']} and heartbeated "
+                       f"{row['heartbeat_age_seconds']:g} s ago: only a dead or stopped worker can be forgotten "
+                       "(stop it first, or wait until it is declared dead)",
+                       {"status": row["status"], "heartbeat_age_seconds": row["heartbeat_age_seconds"]})
+    _audit(caller, "worker_forget", "forgot worker %s (%s, host %s, last heartbeat %s s ago)", worker_id,
+           row["status"], row["host"], row["heartbeat_age_seconds"])
+    return jsonify(tokens.public(row))
 
 
 @bp.get("/admin/tokens")

@@ -89,6 +89,8 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/admin/retention"): {**AUTH_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"],
                                    503: ["database_unavailable", "outcome_unknown", "storage_unavailable"]},
     ("get", "/admin/workers"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
+    ("delete", "/admin/workers/{worker_id}"): {**WRITE_ERRORS, 403: ["forbidden"], 404: ["not_found"],
+                                               409: ["worker_alive"]},
     ("get", "/admin/tokens"): {**AUTH_ERRORS, 400: ["invalid_query"], 403: ["forbidden"]},
     ("post", "/admin/tokens"): {**WRITE_ERRORS, **BODY_ERRORS, 403: ["forbidden"], 422: ["validation_error"]},
     ("delete", "/admin/tokens/{ref}"): {**WRITE_ERRORS, 403: ["forbidden"], 404: ["not_found"]},
@@ -111,8 +113,8 @@ REQUIRED_ROLES = {
                      ("delete", "/admin/tokens/{ref}"), ("get", "/admin/tenants/{name}/callback-secrets"),
                      ("post", "/admin/tenants/{name}/callback-secrets"),
                      ("delete", "/admin/tenants/{name}/callback-secrets/{secret_id}")], "admin"),
-    **dict.fromkeys([("get", "/admin/workers"), ("get", "/admin/tenants"), ("put", "/admin/tenants/{name}")],
-                    "operator"),
+    **dict.fromkeys([("get", "/admin/workers"), ("delete", "/admin/workers/{worker_id}"), ("get", "/admin/tenants"),
+                     ("put", "/admin/tenants/{name}")], "operator"),
 }
 
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "required": True,
@@ -263,14 +265,15 @@ def _response_schemas() -> dict[str, Any]:
                 "oldest_queued_seconds": _nullable({"type": "number", "minimum": 0}),
                 "finished_last_hour": {"type": "object", "additionalProperties": count,
                                        "description": "Jobs that ended in the last hour, by final status."},
-                "workers": {"type": "object", "required": ["alive", "silent"], "additionalProperties": False,
-                            "description": "Workers of the whole deployment (not per tenant).",
-                            "properties": {"alive": count, "silent": count}},
+                "workers": {"type": "object", "required": ["alive", "silent", "dead"], "additionalProperties": False,
+                            "description": "Workers of the whole deployment (not per tenant): alive, silent (no "
+                                           "recent heartbeat, not declared dead yet) and dead.",
+                            "properties": {"alive": count, "silent": count, "dead": count}},
                 "scope": {"type": "string", "description": "`all tenants` for an operator token, else the tenant."}},
             "examples": [{"queued": 4, "running": 1, "by_priority": {"queued": {"9": 1, "5": 1, "0": 2},
                                                                    "running": {"0": 1}},
                           "oldest_queued_seconds": 12.5, "finished_last_hour": {"succeeded": 40, "failed": 1},
-                          "workers": {"alive": 2, "silent": 0}, "scope": "acme"}]},
+                          "workers": {"alive": 2, "silent": 0, "dead": 0}, "scope": "acme"}]},
         "RetentionResult": {
             "type": "object", "additionalProperties": False,
             "required": ["jobs_deleted", "logs_deleted", "objects_deleted", "older_than_days", "scope"],
@@ -342,7 +345,10 @@ def _admin_schemas(time: dict[str, Any], count: dict[str, Any]) -> dict[str, Any
             "required": ["id", "status", "host", "pid", "comfyui_url", "current_job_id", "jobs_done",
                          "dependencies_down", "started_at", "heartbeat_at", "heartbeat_age_seconds"],
             "properties": {
-                "id": {"type": "string"}, "status": {"type": "string", "enum": ["running", "draining", "stopped"]},
+                "id": {"type": "string"},
+                "status": {"type": "string", "enum": ["running", "draining", "stopped", "dead"],
+                           "description": "`dead`: no heartbeat for COMFYQ_WORKER_DEAD_AFTER_SECONDS, declared by "
+                                          "another worker; running again if it heartbeats again."},
                 "host": {"type": "string"}, "pid": {"type": "integer"}, "comfyui_url": {"type": "string"},
                 "current_job_id": _nullable({"type": "integer"}) | {"description": "Of any tenant."},
                 "jobs_done": count,
@@ -683,6 +689,18 @@ def _admin_operations() -> dict[str, dict[str, Any]]:
                 "parameters": [{"name": "all", "in": "query", "required": False, "schema": {"type": "boolean"},
                                 "description": "Include stopped workers."}],
                 "responses": {"200": _json(_ref("WorkerList"), "The workers.")}}},
+        "/admin/workers/{worker_id}": {
+            "delete": {
+                "operationId": "forgetWorker", "tags": ["admin"], "summary": "Forget a dead or stopped worker",
+                "description": "Operator role. Deletes the worker's row, so it leaves the list and the alerts. Only "
+                               "a `dead` or `stopped` worker, or one silent for longer than "
+                               "COMFYQ_WORKER_DEAD_AFTER_SECONDS: any other is a 409 `worker_alive`. Its jobs are "
+                               "not touched (running ones are rescued when their leases expire), and a forgotten "
+                               "worker that heartbeats again registers again.",
+                "parameters": [{"name": "worker_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "minLength": 1},
+                                "description": "The worker's `id`, as the list shows it."}],
+                "responses": {"200": _json(_ref("Worker"), "Forgotten: the row as it was.")}}},
         "/admin/tokens": {
             "get": {
                 "operationId": "listTokens", "tags": ["admin"], "summary": "List tokens (never their secrets)",

@@ -104,8 +104,9 @@ class Worker:
         self.callbacks = CallbackSender(db, guard, max_tries=settings.callback_max_tries,
                                         timeout=settings.callback_timeout_seconds)
         self.maintenance = Maintenance(db, self.queue, self.worker_id, heartbeat_seconds=settings.heartbeat_seconds,
-                                       rescue_seconds=settings.rescue_interval_seconds, on_flag=self.wakeup.wake,
-                                       callbacks=self.callbacks, health=self.health)
+                                       rescue_seconds=settings.rescue_interval_seconds,
+                                       dead_after_seconds=settings.worker_dead_after_seconds, on_flag=self.wakeup.wake,
+                                       callbacks=self.callbacks, health=self.health, registry=self.registry)
         self.finisher = Finisher(settings, self.queue, comfy(), build_storage(settings), self.health, self._recorded,
                                  metrics=self.metrics, on_terminal=self._notify_terminal, on_idle=self.wakeup.wake)
         self.socket = ComfySocket(settings.comfyui_url, client_id, connect_timeout=settings.comfyui_connect_timeout,

@@ -1,6 +1,7 @@
 """Background ticks on an apscheduler scheduler: heartbeats renew leases and carry cancel requests to the
-running attempt; rescue and expiry keep the queue correct without n8n or any outside cron; the transport's own
-ticks (Redis: moving due delayed messages, reconciling lost ones) run here too."""
+running attempt; rescue, expiry and declaring silent workers dead keep the queue and the workers table correct
+without n8n or any outside cron; the transport's own ticks (Redis: moving due delayed messages, reconciling lost
+ones) run here too."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from comfyq.callback_outbox import CallbackOutbox
 from comfyq.db import Database
 from comfyq.errors import ComfyqError, DatabaseUnavailable
 from comfyq.jobs import JobQueue
+from comfyq.settings import DEAD_AFTER_SECONDS
 from comfyq.worker.attempt import Attempt
 from comfyq.worker.callbacks import CallbackSender
 from comfyq.worker.health import DATABASE, DependencyHealth
-from comfyq.workers_registry import WorkerRegistry
+from comfyq.workers_registry import WorkerRegistry, declare_dead_workers
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,12 @@ class Maintenance:
     """Owns the scheduler thread; the pipeline tells it which attempts hold leases."""
 
     def __init__(self, db: Database, queue: JobQueue, worker_id: str, *, heartbeat_seconds: float,
-                 rescue_seconds: float, on_flag: Callable[[], None] = lambda: None,
-                 callbacks: CallbackSender | None = None, health: DependencyHealth | None = None) -> None:
-        self.registry = WorkerRegistry(db, worker_id)
+                 rescue_seconds: float, dead_after_seconds: float = DEAD_AFTER_SECONDS,
+                 on_flag: Callable[[], None] = lambda: None, callbacks: CallbackSender | None = None,
+                 health: DependencyHealth | None = None, registry: WorkerRegistry | None = None) -> None:
+        self.db = db
+        self.registry = registry or WorkerRegistry(db, worker_id)
+        self.dead_after_seconds = dead_after_seconds
         self.outbox = CallbackOutbox(db)
         self.health = health
         self.queue = queue
@@ -148,8 +153,10 @@ class Maintenance:
             self.on_flag()
 
     def rescue(self) -> None:
-        """Requeue jobs of dead workers and expire queued jobs past their deadline."""
+        """Declare silent workers dead, requeue jobs whose leases expired and expire queued jobs past their
+        deadline."""
         try:
+            declare_dead_workers(self.db, self.dead_after_seconds, declared_by=self.worker_id)
             self.queue.rescue_expired()
             expired = self.queue.expire_overdue()
             if expired:

@@ -345,8 +345,12 @@ WHERE finished_at > now() - make_interval(secs => %(window_seconds)s)
 GROUP BY status ORDER BY status;
 
 -- name: stats_workers
-SELECT count(*) FILTER (WHERE heartbeat_at > now() - make_interval(secs => %(alive_seconds)s)) AS alive,
-       count(*) FILTER (WHERE heartbeat_at <= now() - make_interval(secs => %(alive_seconds)s)) AS silent
+-- Silent: not heard from lately and not declared dead yet; dead ones are counted apart.
+SELECT count(*) FILTER (WHERE status <> 'dead'
+                          AND heartbeat_at > now() - make_interval(secs => %(alive_seconds)s)) AS alive,
+       count(*) FILTER (WHERE status <> 'dead'
+                          AND heartbeat_at <= now() - make_interval(secs => %(alive_seconds)s)) AS silent,
+       count(*) FILTER (WHERE status = 'dead') AS dead
 FROM workers WHERE status <> 'stopped';
 
 -- name: retention_candidates
