@@ -59,13 +59,16 @@ clean: ## Remove the virtualenv and local data (var/)
 	rm -rf $(VENV) var
 
 # n8n (docs/n8n.md): the pinned n8n in n8n/node_modules running the workflows of n8n-workflows/.
-.PHONY: n8n n8n-install n8n-stop
+.PHONY: n8n n8n-install n8n-stop n8n-export
 
 n8n-install: ## Install the pinned n8n (no-op when n8n/node_modules matches n8n/package-lock.json)
 	$(PYTHON) n8n/n8nctl.py install
 
-n8n: n8n-install migrate ## Import credentials and workflows, publish them, start n8n on 127.0.0.1:5678
-	DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/comfyq db-url)}" $(PYTHON) n8n/n8nctl.py up
+n8n: n8n-install migrate ## Import credentials, settings and workflows, publish, start n8n on 127.0.0.1:5678 (FORCE=1: replace editor changes)
+	DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/comfyq db-url)}" $(PYTHON) n8n/n8nctl.py up $(if $(FORCE),--force)
+
+n8n-export: ## Write the workflows as changed in n8n's editor back to n8n-workflows/ (review with git diff)
+	$(PYTHON) n8n/n8nctl.py export
 
 n8n-stop: ## Stop the n8n started by `make n8n`
 	$(PYTHON) n8n/n8nctl.py stop

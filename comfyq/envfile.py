@@ -41,6 +41,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "GRAFANA_DB_PASSWORD": _password,
     "N8N_ENCRYPTION_KEY": lambda: secrets.token_hex(32),
     "COMFYQ_N8N_WEBHOOK_KEY": _password,
+    "COMFYQ_N8N_OWNER_PASSWORD": _password,
     "COMFYQ_N8N_API_TOKEN": _api_token,
     "COMFYQ_N8N_ADMIN_TOKEN": _api_token,
 }

@@ -23,8 +23,8 @@ from typing import Any
 # activeVersionId, versionCounter, triggerCount, pinData, staticData, meta, tags, shared, isArchived,
 # parentFolder, homeProject, scopes...) is volatile or instance-specific.
 WORKFLOW_KEYS = ("id", "name", "description", "active", "nodes", "connections", "settings")
-# Settings that name things in one instance only.
-VOLATILE_SETTINGS = ("errorWorkflow", "timeSavedPerExecution")
+# Settings that name things in one instance only (errorWorkflow is kept: it names comfyqErrors0001, a fixed id).
+VOLATILE_SETTINGS = ("timeSavedPerExecution",)
 
 
 def normalise_workflow(workflow: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The n8n tests' fixtures: one real n8n per session (the pinned version in n8n/node_modules, its own user folder
-and free ports), importing the committed credential template and workflows, against a database, an API, a
-Slack-like receiver and an SMTP server of the session's own. Everything started here is stopped by PID in
-teardown, whatever the tests did."""
+and free ports), with the credentials and settings made from the environment and the committed workflows imported
+as `make n8n` does, running with $env blocked and without comfyq's variables, against a database, an API, a Slack
+Web API stand-in and an SMTP server of the session's own. The monitor's schedule is every 2 s instead of every
+minute (its copy is patched before import). Everything started here is stopped by PID in teardown."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,50 @@ from comfyq.stack import start_api
 from n8n import n8nctl
 from tests.conftest import SQL_DIR, scratch_database
 from tests.e2e_support import free_port
-from tests.http_servers import Receiver
+from tests.http_servers import ThreadedServer
 
 TENANT = "n8n"
 MONITOR_CRON = "*/2 * * * * *"  # every 2 s instead of every minute, so alert tests stay short
+SLACK_CHANNEL = "#comfyq-alerts"
+
+
+class SlackStandIn:
+    """Slack's Web API as far as the workflows use it: POST /api/chat.postMessage with a bot token answers
+    {"ok": true} and is recorded; `refuse` makes it answer {"ok": false} (as Slack does for a bad channel or token),
+    `down` makes it answer 503 (as an outage)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.tokens: list[str] = []
+        self.refuse = False
+        self.down = False
+        slack = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if slack.down:
+                    answer, status = b"down", 503
+                elif slack.refuse:
+                    answer, status = b'{"ok": false, "error": "channel_not_found"}', 200
+                else:
+                    slack.posts.append(json.loads(body))
+                    slack.tokens.append(self.headers.get("Authorization", ""))
+                    answer, status = b'{"ok": true}', 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadedServer(Handler)
+        self.url = f"http://{self.server.address}/api"
+
+    def close(self) -> None:
+        self.server.close()
 
 
 class Mailbox:
@@ -62,14 +104,15 @@ class N8n:
     """The session's n8n and what it talks to."""
 
     base_url: str
-    env: dict[str, str]
+    env: dict[str, str]  # what n8n runs with: no COMFYQ_* variable
+    config: dict[str, str]  # what the credentials and the settings workflow were made from
     db_url: str
     api_url: str
     submitter_token: str
     webhook_key: str
     storage_dir: Path
     log_dir: Path
-    slack: Receiver
+    slack: SlackStandIn
     mailbox: Mailbox
     process: ManagedProcess
     thresholds: dict[str, float | None] = field(default_factory=dict)
@@ -89,7 +132,7 @@ class N8n:
         return n8nctl.execute(self.env, workflow_id)
 
     def slack_texts(self) -> list[str]:
-        return [json.loads(body)["text"] for _, body in list(self.slack.requests)]
+        return [str(post["text"]) for post in list(self.slack.posts)]
 
 
 def _clean_base_env() -> dict[str, str]:
@@ -111,7 +154,7 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
     root = tmp_path_factory.mktemp("n8n")
     log_dir, storage_dir = root / "logs", root / "outputs"
     processes: list[ManagedProcess] = []
-    slack = Receiver([], 200, 0.0)
+    slack = SlackStandIn()
     mailbox = Mailbox()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
@@ -136,26 +179,47 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
             "COMFYQ_N8N_API_TOKEN": submitter,
             "COMFYQ_N8N_ADMIN_TOKEN": admin,
             "COMFYQ_N8N_WEBHOOK_KEY": webhook_key,
-            "COMFYQ_SLACK_WEBHOOK_URL": slack.url,
+            "COMFYQ_SLACK_API_URL": slack.url,
+            "COMFYQ_SLACK_BOT_TOKEN": "xoxb-test-" + secrets.token_hex(8),
+            "COMFYQ_SLACK_CHANNEL": SLACK_CHANNEL,
+            "COMFYQ_INSTALLATION_NAME": "comfyq-test",
+            "COMFYQ_GRAFANA_URL": "http://grafana.test:3000",
+            "COMFYQ_RUNBOOK_URL": "https://docs.test/n8n.md",
+            "COMFYQ_N8N_OWNER_EMAIL": "owner@example.test",
+            "COMFYQ_N8N_OWNER_PASSWORD": "owner-" + secrets.token_hex(8),
             "COMFYQ_SMTP_HOST": "127.0.0.1",
             "COMFYQ_SMTP_PORT": str(smtp.port),
             "COMFYQ_SMTP_SECURE": "false",
             "COMFYQ_SMTP_STARTTLS": "false",
             "COMFYQ_ALERT_EMAIL_FROM": "comfyq@example.test",
             "COMFYQ_ALERT_EMAIL_TO": "ops@example.test",
-            "COMFYQ_MONITOR_CRON": MONITOR_CRON,
         })
-        n8nctl.prepare(env)
+        n8nctl.prepare(env, workflows_dir=_fast_monitor_copy(root / "workflows"))
+        run_env = n8nctl.runtime_env(env)
+        run_env.update(n8nctl.owner_env(env))
+        assert run_env["N8N_BLOCK_ENV_ACCESS_IN_NODE"] == "true" and not any(k.startswith("COMFYQ_") for k in run_env)
         base_url = f"http://127.0.0.1:{port}"
-        processes.append(_start_n8n(env, log_dir, base_url))
-        yield N8n(base_url=base_url, env=env, db_url=n8n_db_url, api_url=api_url, submitter_token=submitter,
-                  webhook_key=webhook_key, storage_dir=storage_dir, log_dir=log_dir, slack=slack, mailbox=mailbox,
-                  process=processes[-1], thresholds=thresholds, started=processes)
+        processes.append(_start_n8n(run_env, log_dir, base_url))
+        yield N8n(base_url=base_url, env=run_env, config=env, db_url=n8n_db_url, api_url=api_url,
+                  submitter_token=submitter, webhook_key=webhook_key, storage_dir=storage_dir, log_dir=log_dir,
+                  slack=slack, mailbox=mailbox, process=processes[-1], thresholds=thresholds, started=processes)
     finally:
         for process in reversed(processes):
             process.stop(timeout=20)
         smtp.stop()
         slack.close()
+
+
+def _fast_monitor_copy(folder: Path) -> Path:
+    """The committed workflows, the monitor's schedule set to MONITOR_CRON: the only change the tests make."""
+    folder.mkdir()
+    for path in n8nctl.WORKFLOWS_DIR.glob("*.json"):
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+        for node in workflow["nodes"]:
+            if workflow["id"] == "comfyqMonitor001" and node["type"] == "n8n-nodes-base.scheduleTrigger":
+                node["parameters"]["rule"]["interval"][0]["expression"] = MONITOR_CRON
+        (folder / path.name).write_text(json.dumps(workflow), encoding="utf-8")
+    return folder
 
 
 def _start_n8n(env: dict[str, str], log_dir: Path, base_url: str) -> ManagedProcess:
@@ -189,10 +253,12 @@ def _reset(n8n: N8n) -> None:
             for name, value in n8n.thresholds.items():
                 cur.execute("UPDATE monitor_thresholds SET value = %s WHERE name = %s", (value, name))
             cur.execute("UPDATE monitor_alert_state SET active = false, active_since = NULL, notifications = 0")
+            cur.execute("DELETE FROM monitor_notifications")
         conn.commit()
     finally:
         conn.close()
-    n8n.slack.requests.clear()
+    n8n.slack.posts.clear()
+    n8n.slack.refuse = n8n.slack.down = False
     n8n.mailbox.clear()
 
 

@@ -1,11 +1,14 @@
 """Every committed n8n workflow, checked without running n8n: it parses, is normalised (normalise.py changes
-nothing), has fixed ids, uses only node types and versions the pinned n8n has (read from n8n/node_modules),
-refers to credentials of the committed template only, and holds no secret. The template holds no secret either."""
+nothing) and already in the form n8n's editor gives it when it opens it (n8n/editor_form.cjs changes nothing), has
+fixed ids, reads no $env, names the error workflow, uses only node types and versions the pinned n8n has (read
+from n8n/node_modules), refers to credentials of the committed template only, holds no secret, and explains itself
+in a sticky note. The credential template takes every secret from the environment."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.n8n
 WORKFLOW_FILES = sorted(n8nctl.WORKFLOWS_DIR.glob("*.json"))
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9]{16}$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-ENV_EXPRESSION = re.compile(r"^=.*\{\{.*\$env\.[A-Z][A-Z0-9_]*.*\}\}.*$", re.DOTALL)
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Literal secrets that must never be committed (expressions such as {{ $env.X }} are fine).
 SECRET_PATTERNS = {
     "a Slack webhook URL": re.compile(r"hooks\.slack\.com/(services|workflows)/"),
@@ -80,7 +83,7 @@ def template() -> dict[str, dict[str, Any]]:
 
 def test_the_expected_workflows_are_committed() -> None:
     names = {path.stem for path in WORKFLOW_FILES}
-    assert {"submit", "monitor-alerts", "cleanup", "scheduled-batch"} <= names
+    assert {"submit", "monitor-alerts", "cleanup", "scheduled-batch", "errors"} <= names
     ids = [json.loads(path.read_text(encoding="utf-8"))["id"] for path in WORKFLOW_FILES]
     assert len(set(ids)) == len(ids), "workflow ids repeat"
     paths = n8nctl.webhook_paths()
@@ -90,7 +93,7 @@ def test_the_expected_workflows_are_committed() -> None:
 def test_examples_are_imported_but_not_published() -> None:
     published = n8nctl.published_ids()
     assert "comfyqSchedBatch" not in published
-    assert {"comfyqSubmit0001", "comfyqMonitor001", "comfyqCleanup001"} <= set(published)
+    assert {"comfyqSubmit0001", "comfyqMonitor001", "comfyqCleanup001", "comfyqErrors0001"} <= set(published)
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=[p.name for p in WORKFLOW_FILES])
@@ -123,8 +126,10 @@ def test_every_node_exists_in_the_pinned_n8n(path: Path, node_types: dict[str, d
         declared = versions[float(node["typeVersion"])]
         params = node.get("parameters", {})
         for cred_type, ref in (node.get("credentials") or {}).items():
-            generic = (params.get("authentication") == "genericCredentialType"
-                       and params.get("genericAuthType") == cred_type)
+            generic = ((params.get("authentication") == "genericCredentialType"
+                        and params.get("genericAuthType") == cred_type)
+                       or (params.get("authentication") == "predefinedCredentialType"
+                           and params.get("nodeCredentialType") == cred_type))
             assert cred_type in declared or generic, f"{node['name']}: does not take {cred_type} credentials"
             assert set(ref) == {"id", "name"}, f"{node['name']}: a credential reference holds only id and name"
             entry = template.get(ref["id"])
@@ -152,8 +157,8 @@ def test_no_secret_in_a_workflow_file(path: Path) -> None:
             f"{node['name']}: send tokens through a credential, not a header parameter")
 
 
-def test_credential_template_holds_no_secret(template: dict[str, dict[str, Any]],
-                                            credential_types: dict[str, dict[str, dict[str, Any]]]) -> None:
+def test_credential_template_takes_every_secret_from_the_environment(
+        template: dict[str, dict[str, Any]], credential_types: dict[str, dict[str, dict[str, Any]]]) -> None:
     for cred_id, entry in template.items():
         assert WORKFLOW_ID.match(cred_id) and set(entry) == {"id", "name", "type", "data"}
         properties = credential_types.get(entry["type"])
@@ -161,12 +166,44 @@ def test_credential_template_holds_no_secret(template: dict[str, dict[str, Any]]
         assert set(entry["data"]) <= set(properties), f"{cred_id}: fields {set(entry['data']) - set(properties)}"
         for name, value in entry["data"].items():
             secret = properties[name].get("typeOptions", {}).get("password") or SECRET_KEYS.search(name)
-            if secret and value != "":
-                assert isinstance(value, str) and ENV_EXPRESSION.match(value), (
-                    f"{cred_id}.{name}: a secret must come from the environment, e.g. '={{{{ $env.X }}}}'")
+            if secret or name == "value":
+                assert isinstance(value, dict) and ENV_NAME.match(value.get("$env", "")), (
+                    f"{cred_id}.{name}: a secret comes from the environment: {{\"$env\": \"NAME\"}}")
             if isinstance(value, str):
+                assert "$env" not in value, f"{cred_id}.{name}: n8n runs with $env blocked"
                 for what, pattern in SECRET_PATTERNS.items():
                     assert not pattern.search(value), f"{cred_id}.{name}: looks like {what}"
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=[p.name for p in WORKFLOW_FILES])
+def test_no_env_and_an_error_workflow_and_a_note(path: Path) -> None:
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    assert "$env" not in path.read_text(encoding="utf-8"), "n8n runs with $env blocked: use a credential or Settings"
+    types = {node["type"] for node in workflow["nodes"]}
+    if "n8n-nodes-base.errorTrigger" in types:
+        assert "errorWorkflow" not in workflow["settings"]
+    else:
+        assert workflow["settings"]["errorWorkflow"] == "comfyqErrors0001"
+    notes = [node for node in workflow["nodes"] if node["type"] == "n8n-nodes-base.stickyNote"]
+    assert len(notes) == 1, "one sticky note says what the workflow does, what it needs and how to test it"
+    content = notes[0]["parameters"]["content"]
+    assert "**What it does**" in content and "**Needs**" in content and "**Test**" in content
+    for node in workflow["nodes"]:
+        if node["type"] == "n8n-nodes-base.scheduleTrigger":
+            assert node["name"] == "Schedule", "a trigger's name must stay true when its rule changes"
+        if node["type"] == "n8n-nodes-base.httpRequest" and "n8n-nodes-base.errorTrigger" not in types:
+            assert node.get("onError", "stopWorkflow") in ("stopWorkflow", "continueErrorOutput"), (
+                f"{node['name']}: an HTTP error must fail the run or take the error branch (the error workflow, "
+                "which reports on both channels, is the one that carries on)")
+
+
+def test_files_are_in_the_form_the_editor_gives_them() -> None:
+    """Opening a workflow in n8n's editor fills every parameter's default, settles Filter/If type validation and
+    adds settings.binaryMode; a file already in that form is saved back unchanged, so opening it changes nothing."""
+    files = [str(p) for p in [*WORKFLOW_FILES, n8nctl.SETTINGS_TEMPLATE]]
+    result = subprocess.run([str(n8nctl.NODE_BIN), str(n8nctl.EDITOR_FORM_SCRIPT), "--check", *files],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_normalise_drops_volatile_fields_and_keeps_ids() -> None:
