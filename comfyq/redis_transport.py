@@ -361,7 +361,7 @@ class RedisTransport(Transport):
             # nobody until its lease ran out. The message left behind claims nothing if it is delivered again.
             self._mark_down(exc)
             log.info("claimed job %s but could not delete its message (delivered again, it claims nothing)",
-                     job_id, extra={"action": "redis_unavailable", "job_id": job_id})
+                     job_id, extra={"action": "redis_message_left", "job_id": job_id})
         if claimed:
             self._count("redis_claims")
             return
