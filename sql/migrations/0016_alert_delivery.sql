@@ -1,7 +1,7 @@
 -- Alert delivery, at least once per channel: every alert transition that comfyq_alert_transitions() moves
 -- (firing, repeat, resolved) queues one notification per channel (Slack, email) in the same transaction, with the
 -- numbers and the state of the workers at that moment. The n8n monitor claims the pending ones, sends each, and
--- marks it delivered only once the channel took it; a failed post stays pending and is sent again on the next run,
+-- marks it delivered only once the channel took it; what a run did not deliver is released and sent again on the next run,
 -- in order, so a channel that was down gets the FIRING before the RESOLVED. Texts are made here (with the
 -- installation's name and links, which n8n passes in), so they are tested without n8n.
 -- Forward-only: never edit this file once applied; add a new numbered migration instead.
@@ -209,15 +209,14 @@ CREATE FUNCTION comfyq_notification_delivered(notification bigint) RETURNS boole
     RETURNING true
 $$;
 
--- The channel refused it or could not be reached: pending again, for the next run.
-CREATE FUNCTION comfyq_notification_failed(notification bigint) RETURNS boolean LANGUAGE sql AS $$
-    UPDATE monitor_notifications SET claimed_at = NULL WHERE id = notification AND delivered_at IS NULL
-    RETURNING true
-$$;
-
--- What a run left undelivered, by channel (the run then fails, and its error workflow says so by the other channel).
+-- What a run left undelivered (refused, unreachable, or its item lost on the way), by channel, released so the next
+-- run sends it again; the run then fails, and its error workflow says so by the other channel.
 CREATE FUNCTION comfyq_undelivered(run_claim uuid) RETURNS TABLE (undelivered integer, channels text)
-LANGUAGE sql STABLE AS $$
-    SELECT count(*)::integer, coalesce(string_agg(DISTINCT channel, ', '), '')
-    FROM monitor_notifications WHERE claim = run_claim AND delivered_at IS NULL
+LANGUAGE sql AS $$
+    WITH released AS (
+        UPDATE monitor_notifications SET claimed_at = NULL
+        WHERE claim = run_claim AND delivered_at IS NULL
+        RETURNING channel
+    )
+    SELECT count(*)::integer, coalesce(string_agg(DISTINCT channel, ', '), '') FROM released
 $$;

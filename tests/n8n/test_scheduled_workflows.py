@@ -64,7 +64,7 @@ def test_cleanup_removes_old_jobs_logs_and_files_and_keeps_recent_ones(fresh: N8
     assert not (fresh.storage_dir / f"{old_b}/1/out.png").exists()
     assert (fresh.storage_dir / f"{recent}/1/out.png").exists()
     [report] = fresh.slack_texts()
-    assert report.startswith("[comfyq] cleanup: removed 2 jobs,") and "2 stored files" in report
+    assert report.startswith("[comfyq-test] cleanup: removed 2 jobs,") and "2 stored files" in report
     assert "more than 30 days ago" in report
 
 

@@ -124,3 +124,14 @@ def test_the_idempotency_key_is_forwarded(fresh: N8n) -> None:
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.json()["id"] == again.json()["id"]
     assert len(jobs_in_db(fresh)) == 1
+
+
+def test_a_body_that_is_not_json_gets_a_clean_error(fresh: N8n) -> None:
+    response = requests.post(fresh.webhook("comfyq/jobs"), data=b'{"workflow": "txt2img", "params": {',
+                             headers={"X-Comfyq-Key": fresh.webhook_key, "Content-Type": "application/json"},
+                             timeout=30)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["message"] == "Failed to parse request body"
+    assert "stacktrace" not in body and "/node_modules/" not in response.text and "at " not in body["message"]
+    assert jobs_in_db(fresh) == []

@@ -60,12 +60,12 @@ def test_a_killed_worker_fires_the_alert_which_resolves_once_another_took_over(
     doomed.kill()
     wait_until(lambda: fresh.slack_texts(), 30, "the alert on Slack")
     [fired] = fresh.slack_texts()
-    assert fired.startswith("[comfyq] FIRING silent_workers") and doomed_id in fired
+    assert fired.startswith("[comfyq-test] FIRING silent_workers") and doomed_id in fired
 
     wait_until(lambda: len(fresh.slack_texts()) == 2 and len(fresh.mailbox.received()) == 2, 60,
                "the resolved message on Slack and by email")
     resolved = fresh.slack_texts()[1]
-    assert resolved.startswith("[comfyq] RESOLVED silent_workers after ")
+    assert resolved.startswith("[comfyq-test] RESOLVED silent_workers after ")
     assert [mail["Subject"].split(" ")[1] for mail in fresh.mailbox.received()] == ["FIRING", "RESOLVED"]
     assert {w["id"]: w["status"] for w in db.fetch_all("list_workers", {"include_stopped": False})}[doomed_id] == "dead"
     wait_until(lambda: (queue.get(job_id, "default") or {}).get("status") == "succeeded", 30, "the rescued job")
