@@ -261,6 +261,10 @@ def check(command: Command) -> None:
         parse_args(args)
     elif program == "make":
         for target in args:
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", target):  # a make variable (FORCE=1)
+                name = target.split("=", 1)[0]
+                assert f"$({name})" in (PROJECT_ROOT / "Makefile").read_text(), f"{command}: make ignores {name}"
+                continue
             assert target in makefile_targets() or target == "&", f"{command}: no make target {target}"
     elif program in ("python", "python3"):
         check_python(args, command)
