@@ -309,10 +309,7 @@ def prepare(env: Mapping[str, str], *, force: bool = True, workflows_dir: Path =
         out = cli(run_env, "import:credentials", f"--input={tmp}/credentials.json")
         if "Successfully imported" not in out:
             raise N8nError(f"credential import failed:\n{out[-4000:]}")
-        for source in (Path(tmp) / "settings", workflows_dir):
-            out = cli(run_env, "import:workflow", "--separate", f"--input={source}")
-            if "Successfully imported" not in out or "Skipped workflow" in out:
-                raise N8nError(f"workflow import failed:\n{out[-4000:]}")
+        import_workflows(run_env, Path(tmp) / "settings", workflows_dir)
     ids = [*INSTANCE_WORKFLOWS, *published_ids(workflows_dir)]
     for workflow_id in ids:
         out = cli(run_env, "publish:workflow", f"--id={workflow_id}")
@@ -320,6 +317,24 @@ def prepare(env: Mapping[str, str], *, force: bool = True, workflows_dir: Path =
             raise N8nError(f"publishing {workflow_id} failed:\n{out[-4000:]}")
     _record_import(env, workflows_dir)
     return ids
+
+
+def import_workflows(run_env: Mapping[str, str], *folders: Path) -> None:
+    """`n8n import:workflow` of each folder's workflows, unpublishing first those of them that are published (the
+    operator's other workflows stay as they are). The import deactivates a published workflow itself, but through
+    a permission check that the CLI's owner fails ("You do not have permission to deactivate this workflow"), so a
+    second `make n8n` on the same user folder would stop there; `unpublish:workflow` changes the database
+    directly. Whoever imports publishes again (prepare does)."""
+    ids = {str(wf["id"]) for folder in folders for wf in workflows(folder)}
+    listed = cli(run_env, "list:workflow", "--active=true", "--onlyId")
+    for workflow_id in sorted(ids & {line.strip() for line in listed.splitlines()}):
+        out = cli(run_env, "unpublish:workflow", f"--id={workflow_id}")
+        if "unpublished successfully" not in out:
+            raise N8nError(f"unpublishing {workflow_id} before the import failed:\n{out[-4000:]}")
+    for folder in folders:
+        out = cli(run_env, "import:workflow", "--separate", f"--input={folder}")
+        if "Successfully imported" not in out or "Skipped workflow" in out:
+            raise N8nError(f"workflow import failed:\n{out[-4000:]}")
 
 
 def _record_import(env: Mapping[str, str], workflows_dir: Path) -> None:

@@ -171,8 +171,18 @@ BEGIN
 END;
 $$;
 
--- Claim the pending notifications of the channels n8n has set up, oldest first, for one monitor run (a claim left by
--- a run that died is taken again after 5 minutes); those of a channel that is not set up are marked skipped.
+-- How long a run holds what it claimed: past this, a run that died (n8n killed, a node that failed before
+-- *Anything undelivered*) is taken to have lost it and the next run sends it again. Longer than a run takes.
+CREATE FUNCTION comfyq_notification_lease() RETURNS interval LANGUAGE sql IMMUTABLE AS $$
+    SELECT interval '5 minutes'
+$$;
+
+-- Claim the pending notifications of the channels n8n has set up, oldest first, for one monitor run; those of a
+-- channel that is not set up are marked skipped. A claim is a lease, not a mark: the row stays undelivered until
+-- comfyq_notification_delivered(), a run releases what it did not deliver (comfyq_undelivered), and a lease left
+-- by a run that died expires. Runs overlap (a slow Slack post outlasts the schedule): a channel with a row still
+-- leased by another run is left to that run entirely, so no run sends a channel's RESOLVED while another still
+-- holds its FIRING; claims are serialised so two runs never decide that at once.
 CREATE FUNCTION comfyq_claim_notifications(
     installation text, grafana_url text, jobs_url text, runbook_url text, slack_on boolean, email_on boolean)
 RETURNS TABLE (id bigint, claim uuid, channel text, alert text, transition text, subject text, body text)
@@ -181,18 +191,21 @@ LANGUAGE plpgsql AS $$
 DECLARE
     token uuid := gen_random_uuid();
 BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('comfyq_claim_notifications'));
     UPDATE monitor_notifications
-    SET delivered_at = now(), skipped = true
+    SET delivered_at = clock_timestamp(), skipped = true
     WHERE delivered_at IS NULL
       AND ((channel = 'slack' AND NOT slack_on) OR (channel = 'email' AND NOT email_on));
     RETURN QUERY
-    WITH claimed AS (
+    WITH busy AS (
+        SELECT DISTINCT b.channel FROM monitor_notifications b
+        WHERE b.delivered_at IS NULL AND b.claimed_at >= clock_timestamp() - comfyq_notification_lease()
+    ), claimed AS (
         UPDATE monitor_notifications n
-        SET claim = token, claimed_at = now(), attempts = n.attempts + 1
+        SET claim = token, claimed_at = clock_timestamp(), attempts = n.attempts + 1
         WHERE n.id IN (SELECT p.id FROM monitor_notifications p
-                       WHERE p.delivered_at IS NULL
-                         AND (p.claimed_at IS NULL OR p.claimed_at < now() - interval '5 minutes')
-                       ORDER BY p.id LIMIT 50 FOR UPDATE SKIP LOCKED)
+                       WHERE p.delivered_at IS NULL AND p.channel NOT IN (SELECT channel FROM busy)
+                       ORDER BY p.id LIMIT 50)
         RETURNING n.*
     )
     SELECT c.id, c.claim, c.channel, c.alert, c.transition, t.subject, t.body
@@ -203,9 +216,9 @@ BEGIN
 END;
 $$;
 
--- The channel took it.
+-- The channel took it: the only way a claimed row becomes delivered.
 CREATE FUNCTION comfyq_notification_delivered(notification bigint) RETURNS boolean LANGUAGE sql AS $$
-    UPDATE monitor_notifications SET delivered_at = now() WHERE id = notification AND delivered_at IS NULL
+    UPDATE monitor_notifications SET delivered_at = clock_timestamp() WHERE id = notification AND delivered_at IS NULL
     RETURNING true
 $$;
 
@@ -214,7 +227,7 @@ $$;
 CREATE FUNCTION comfyq_undelivered(run_claim uuid) RETURNS TABLE (undelivered integer, channels text)
 LANGUAGE sql AS $$
     WITH released AS (
-        UPDATE monitor_notifications SET claimed_at = NULL
+        UPDATE monitor_notifications SET claim = NULL, claimed_at = NULL
         WHERE claim = run_claim AND delivered_at IS NULL
         RETURNING channel
     )

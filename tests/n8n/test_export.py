@@ -64,7 +64,7 @@ def test_make_n8n_refuses_to_replace_a_workflow_changed_in_the_editor(instance: 
         if node["name"] == "Schedule":
             node["parameters"]["rule"]["interval"][0]["expression"] = "0 0 4 * * *"
     (edited / "cleanup.json").write_text(json.dumps(source), encoding="utf-8")
-    n8nctl.cli(n8nctl.runtime_env(instance), "import:workflow", "--separate", f"--input={edited}")
+    n8nctl.import_workflows(n8nctl.runtime_env(instance), edited)
 
     assert n8nctl.changed_in_editor(instance) == ["comfyqCleanup001 (comfyq: daily cleanup)"]
     with pytest.raises(n8nctl.N8nError, match=r"changed in n8n's editor.*make n8n-export.*FORCE=1"):
@@ -78,6 +78,6 @@ def test_make_n8n_refuses_to_replace_a_workflow_changed_in_the_editor(instance: 
     n8nctl.prepare(instance, force=False, workflows_dir=kept)
 
     # Forced: the committed files win and the record starts again from them.
-    n8nctl.cli(n8nctl.runtime_env(instance), "import:workflow", "--separate", f"--input={edited}")
+    n8nctl.import_workflows(n8nctl.runtime_env(instance), edited)
     n8nctl.prepare(instance, force=True)
     assert n8nctl.changed_in_editor(instance) == []

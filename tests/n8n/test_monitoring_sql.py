@@ -149,3 +149,100 @@ def test_two_monitors_at_once_send_each_transition_once(db: Database, queue: Job
     for thread in threads:
         thread.join(10)
     assert sorted(t for r in results for t in r) == ["firing"]
+
+
+# The delivery outbox (sql/migrations/0016_alert_delivery.sql), as the monitor workflow drives it.
+CLAIM = "SELECT * FROM comfyq_claim_notifications('inst', 'http://g', 'http://api', 'http://rb', true, true)"
+
+
+def claim(sql: Any) -> list[tuple[int, str, str, str]]:
+    """One run's claim: (id, claim, channel, transition) in the order the run sends them."""
+    sql.execute(CLAIM)
+    return [(row[0], str(row[1]), row[2], row[4]) for row in sql.fetchall()]
+
+
+def fire_and_resolve(db: Database, queue: JobQueue, sql: Any) -> None:
+    """A FIRING then a RESOLVED of queue_depth: four notifications, two per channel."""
+    only(db, "queue_depth")
+    set_threshold(db, "queue_depth", 0)
+    job = queue.enqueue(NewJob(graph=TINY_GRAPH))
+    assert transitions(db)["queue_depth"]["transition"] == "firing"
+    sql.execute("DELETE FROM job_queue WHERE id = %s", (job["id"],))
+    assert transitions(db)["queue_depth"]["transition"] == "resolved"
+
+
+def test_a_claim_is_a_lease_and_only_delivery_marks_a_row(db: Database, queue: JobQueue, sql: Any) -> None:
+    fire_and_resolve(db, queue, sql)
+    run = claim(sql)
+    assert [(channel, transition) for _, _, channel, transition in run] == [
+        ("slack", "firing"), ("email", "firing"), ("slack", "resolved"), ("email", "resolved")]
+    token = run[0][1]
+    # Email takes both; the Slack post fails: nothing marks the Slack rows, the run releases them.
+    for notification, _, channel, _ in run:
+        if channel == "email":
+            sql.execute("SELECT comfyq_notification_delivered(%s)", (notification,))
+    sql.execute("SELECT * FROM comfyq_undelivered(%s)", (token,))
+    assert sql.fetchone() == (2, "slack")
+    sql.execute("SELECT count(*) FROM monitor_notifications WHERE delivered_at IS NULL AND claimed_at IS NULL")
+    assert sql.fetchone() == (2,)
+    # The next run gets the Slack rows again, FIRING first.
+    again = claim(sql)
+    assert [(channel, transition) for _, _, channel, transition in again] == [("slack", "firing"),
+                                                                             ("slack", "resolved")]
+    sql.execute("SELECT attempts FROM monitor_notifications WHERE id = %s", (again[0][0],))
+    assert sql.fetchone() == (2,)
+
+
+def test_overlapping_runs_lose_nothing_and_keep_each_channels_order(db: Database, queue: JobQueue,
+                                                                    sql: Any) -> None:
+    only(db, "queue_depth")
+    set_threshold(db, "queue_depth", 0)
+    job = queue.enqueue(NewJob(graph=TINY_GRAPH))
+    transitions(db)
+    first = claim(sql)  # a run still posting the FIRING (Slack slow or retrying)
+    assert sorted(channel for _, _, channel, _ in first) == ["email", "slack"]
+    for notification, _, channel, _ in first:
+        if channel == "email":
+            sql.execute("SELECT comfyq_notification_delivered(%s)", (notification,))
+    sql.execute("DELETE FROM job_queue WHERE id = %s", (job["id"],))
+    transitions(db)
+    # A second run meanwhile: the email RESOLVED goes, the Slack one waits behind the FIRING the first run holds.
+    second = claim(sql)
+    assert [(channel, transition) for _, _, channel, transition in second] == [("email", "resolved")]
+    # The first run fails and releases its FIRING; the next run sends Slack's FIRING, then its RESOLVED.
+    sql.execute("SELECT * FROM comfyq_undelivered(%s)", (first[0][1],))
+    assert sql.fetchone() == (1, "slack")
+    sql.execute("SELECT * FROM comfyq_undelivered(%s)", (second[0][1],))
+    assert sql.fetchone() == (1, "email")  # the second run did not deliver its email either: released too
+    third = claim(sql)
+    assert [(channel, transition) for _, _, channel, transition in third] == [
+        ("slack", "firing"), ("slack", "resolved"), ("email", "resolved")]
+
+
+def test_a_lease_left_by_a_run_that_died_expires(db: Database, queue: JobQueue, sql: Any) -> None:
+    only(db, "queue_depth")
+    set_threshold(db, "queue_depth", 0)
+    queue.enqueue(NewJob(graph=TINY_GRAPH))
+    transitions(db)
+    dead_run = claim(sql)
+    assert len(dead_run) == 2
+    assert claim(sql) == []  # held by the run (it may still be sending)
+    sql.execute("UPDATE monitor_notifications SET claimed_at = claimed_at - comfyq_notification_lease() - "
+                "interval '1 second'")
+    taken = claim(sql)
+    assert [n for n, _, _, _ in taken] == [n for n, _, _, _ in dead_run]
+    assert {token for _, token, _, _ in taken}.isdisjoint({token for _, token, _, _ in dead_run})
+    # The dead run's late release touches nothing that is now another run's.
+    sql.execute("SELECT * FROM comfyq_undelivered(%s)", (dead_run[0][1],))
+    assert sql.fetchone() == (0, "")
+
+
+def test_a_channel_that_is_not_set_up_is_skipped(db: Database, queue: JobQueue, sql: Any) -> None:
+    only(db, "queue_depth")
+    set_threshold(db, "queue_depth", 0)
+    queue.enqueue(NewJob(graph=TINY_GRAPH))
+    transitions(db)
+    sql.execute("SELECT channel FROM comfyq_claim_notifications('i', 'g', 'a', 'r', false, true)")
+    assert sql.fetchall() == [("email",)]
+    sql.execute("SELECT channel, skipped FROM monitor_notifications WHERE delivered_at IS NOT NULL")
+    assert sql.fetchall() == [("slack", True)]
