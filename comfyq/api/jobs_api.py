@@ -1,4 +1,4 @@
-"""Job routes: submit one or a batch, read, list, cancel and retry."""
+"""Job routes: submit one or a batch, read, list, cancel (POST .../cancel or DELETE) and retry."""
 
 from __future__ import annotations
 
@@ -354,8 +354,11 @@ def list_jobs() -> Response:
     return jsonify({"jobs": [present(row) for row in page], "next_cursor": next_cursor})
 
 
+@bp.delete("/jobs/<int:job_id>")
 @bp.post("/jobs/<int:job_id>/cancel")
 def cancel_job(job_id: int) -> Response:
+    """Both routes cancel: DELETE /jobs/{id} is the REST spelling of POST /jobs/{id}/cancel, with the same rules
+    and answer. The job's row and history stay (retention deletes finished jobs)."""
     caller = require_token()
     enforce_rate(caller)
     row = services().queue.cancel(job_id, caller.tenant)

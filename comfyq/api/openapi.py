@@ -62,6 +62,8 @@ AUTH_ERRORS: dict[int, list[str]] = {401: ["unauthorized"], 503: ["database_unav
 WRITE_ERRORS: dict[int, list[str]] = {**AUTH_ERRORS, 503: ["database_unavailable", "outcome_unknown"]}
 BODY_ERRORS: dict[int, list[str]] = {400: ["invalid_json"], 413: ["request_entity_too_large"],
                                      415: ["unsupported_media_type"]}
+CANCEL_ERRORS: dict[int, list[str]] = {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_cancelable"],
+                                      429: ["rate_limited"]}
 OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/healthz"): {},
     ("get", "/readyz"): {},  # its 503 is a Health body, written out with the route
@@ -81,8 +83,8 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/jobs"): {**AUTH_ERRORS, 400: ["invalid_query", "invalid_cursor"]},
     ("get", "/jobs/{job_id}"): {**AUTH_ERRORS, 404: ["not_found"]},
     ("get", "/jobs/{job_id}/outputs/{index}"): {**AUTH_ERRORS, 404: ["not_found", "output_missing"]},
-    ("post", "/jobs/{job_id}/cancel"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_cancelable"],
-                                        429: ["rate_limited"]},
+    ("post", "/jobs/{job_id}/cancel"): CANCEL_ERRORS,
+    ("delete", "/jobs/{job_id}"): CANCEL_ERRORS,  # the same operation
     ("post", "/jobs/{job_id}/retry"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
                                        429: ["rate_limited", "quota_exceeded"]},
     ("get", "/stats"): {**AUTH_ERRORS},
@@ -587,7 +589,13 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                 "operationId": "getJob", "tags": ["jobs"], "summary": "Read one job",
                 "description": "`progress` and `current_node` move while it runs; outputs come with download "
                                "URLs where the storage backend can sign them.",
-                "parameters": [job_id], "responses": {"200": _json(_ref("Job"), "The job.")}}},
+                "parameters": [job_id], "responses": {"200": _json(_ref("Job"), "The job.")}},
+            "delete": {
+                "operationId": "deleteJob", "tags": ["jobs"], "summary": "Cancel a queued or running job",
+                "description": "The same as POST /jobs/{job_id}/cancel: the same rules, errors and answer. The job "
+                               "is canceled, not deleted: it stays readable with its history (retention deletes "
+                               "finished jobs).",
+                "parameters": [job_id], "responses": {"200": _json(_ref("CancelResult"), "Canceled or flagged.")}}},
         "/jobs/{job_id}/outputs/{index}": {
             "get": {
                 "operationId": "getJobOutput", "tags": ["jobs"], "summary": "Download one output of a job",
