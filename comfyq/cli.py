@@ -49,6 +49,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     os.execv(argv[0], argv)
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    """Run the events process: live job streams (SSE, WebSocket) and bounded waits (docs/events.md)."""
+    from comfyq.events.main import serve  # noqa: PLC0415
+
+    settings = get_settings()
+    return serve(settings, args.bind or settings.events_bind)
+
+
 def cmd_db_url(_args: argparse.Namespace) -> int:
     """Print the database URL, starting the embedded server when DATABASE_URL is unset."""
     from comfyq.connect import database_url  # noqa: PLC0415
@@ -164,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API under gunicorn")
     api.add_argument("--bind", default="127.0.0.1:8000", help="host:port to listen on (default 127.0.0.1:8000)")
     api.set_defaults(func=cmd_api)
+    events = sub.add_parser("events", help="run the events process (live job streams and waits)")
+    events.add_argument("--bind", default=None, help="host:port to listen on (default COMFYQ_EVENTS_BIND, "
+                                                    "127.0.0.1:8001)")
+    events.set_defaults(func=cmd_events)
     sub.add_parser("db-url", help="print the database URL (starts the embedded server if needed)").set_defaults(
         func=cmd_db_url)
     sub.add_parser("db-stop", help="stop the embedded server").set_defaults(func=cmd_db_stop)

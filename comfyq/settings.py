@@ -158,6 +158,16 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=10_000, ge=1)
     max_graph_nodes: int = Field(default=500, ge=1)
 
+    # The events process (comfyq events, docs/events.md): live job streams and bounded waits.
+    events_bind: str = "127.0.0.1:8001"  # loopback by default, like the API: published through nginx
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)  # a comment line on an idle stream this often
+    events_subscriber_buffer: int = Field(default=256, ge=1)  # events a subscriber may lag behind; then dropped
+    events_gap_wait_seconds: float = Field(default=2.0, gt=0)  # how long a missing job_logs id may hold the rest
+    events_poll_seconds: float = Field(default=5.0, gt=0)  # a read even without a notification (one was lost)
+    events_wait_max_seconds: float = Field(default=60.0, gt=0)  # the longest ?wait= a request may ask for
+    events_stream_secret: str | None = Field(default=None, min_length=32)  # signs stream tokens; unset = random
+    events_stream_token_seconds: int = Field(default=60, ge=5, le=3600)  # a stream token is good this long
+
     log_level: str = "INFO"
 
     @field_validator("api_token")
@@ -229,7 +239,7 @@ class Settings(BaseSettings):
     def band_floors(self) -> tuple[int, ...]:
         return tuple(int(part) for part in self.redis_band_floors.split(","))
 
-    @field_validator("metrics_token", mode="before")
+    @field_validator("metrics_token", "events_stream_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return value or None

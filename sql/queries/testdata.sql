@@ -21,3 +21,9 @@ WITH shift AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM logs) AS logs, (SELECT count(*) FROM workers) AS workers;
+
+-- name: test_log_event
+-- One job_logs row (tests of the event streams: two of these in two open transactions commit out of order).
+INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, message)
+VALUES (%(job_id)s, 'cancel_requested', 'queued', 'queued', 0, %(message)s)
+RETURNING id;

@@ -1,0 +1,296 @@
+"""The events process (`comfyq events`) as a real child against a real database, worker and stand-in: per-job
+and tenant-wide streams over SSE and WebSocket, Last-Event-ID resumes (two transactions committing out of
+order), tenant isolation, bounded waits, dropping subscribers that stop reading, stream tokens, heartbeats."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from comfyq.db import Database
+from comfyq.events.auth import Caller, StreamTokens
+from comfyq.jobs import JobQueue, NewJob
+from comfyq.processes import ManagedProcess
+from tests.e2e_support import TINY_GRAPH, Stack, wait_until
+from tests.support.api_app import bearer
+from tests.support.events_client import SseReader, WsReader, start_events
+
+pytestmark = pytest.mark.slow
+SECRET = "s" * 40
+
+
+@pytest.fixture
+def events(tmp_path: Path, db_url: str) -> Iterator[tuple[ManagedProcess, str]]:
+    proc, url = start_events(tmp_path / "logs", {
+        "DATABASE_URL": db_url, "COMFYQ_EVENTS_HEARTBEAT_SECONDS": "0.3", "COMFYQ_EVENTS_GAP_WAIT_SECONDS": "10",
+        "COMFYQ_EVENTS_POLL_SECONDS": "5", "COMFYQ_EVENTS_STREAM_SECRET": SECRET, "COMFYQ_TOKEN_CACHE_SECONDS": "0",
+        "COMFYQ_EVENTS_SUBSCRIBER_BUFFER": "64", "COMFYQ_STORAGE_DIR": str(tmp_path / "outputs")})
+    try:
+        yield proc, url
+    finally:
+        proc.stop(timeout=10)
+
+
+def _job(tenant: str = "default") -> NewJob:
+    return NewJob(graph=TINY_GRAPH, workflow=None, tenant=tenant)
+
+
+def _logged(db: Database, job_id: int) -> list[tuple[int, str]]:
+    """(id, event) of every job_logs row of a job of the default tenant, in id order."""
+    return [(int(r["id"]), str(r["event"])) for r in db.fetch_all(
+        "events_between", {"tenant": "default", "after": 0, "upto": 2**62, "job_id": job_id, "limit": 1000})]
+
+
+class Collector(threading.Thread):
+    """Reads a stream to its end on a thread of its own."""
+
+    def __init__(self, reader: SseReader | WsReader) -> None:
+        super().__init__(daemon=True)
+        self.reader = reader
+        self.messages: list[dict[str, Any]] = []
+        self.ids: list[int | None] = []
+        self.closed = threading.Event()
+        self._stopping = False
+
+    def run(self) -> None:
+        try:
+            if isinstance(self.reader, SseReader):
+                for message in self.reader.events():
+                    self.messages.append({**message.data, "event": message.event})
+                    self.ids.append(message.id)
+            else:
+                for data in self.reader.events():
+                    self.messages.append(data)
+                    self.ids.append(data.get("id"))
+        except Exception:
+            if not self._stopping:
+                raise  # a read failing under the test's own close() is no failure
+        finally:
+            self.closed.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.reader.close()
+        self.join(5)
+
+
+def test_a_retried_job_streams_every_transition_in_order_over_sse_and_ws(
+        stack: Stack, db: Database, queue: JobQueue, events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    _, comfy = stack.standin("--fail", "oom")
+    headers = bearer(db, "default", "submitter")
+    job_id = queue.enqueue(_job())["id"]
+    sse = Collector(SseReader(f"{url}/jobs/{job_id}/events", headers))
+    ws = Collector(WsReader(f"{url}/ws/jobs/{job_id}", headers))
+    sse.start()
+    ws.start()
+    wait_until(lambda: sse.messages and ws.messages, 10, "both snapshots")
+    stack.worker("w1", retry_base_seconds="1")
+    wait_until(lambda: any(m["event"] == "retry_scheduled" for m in sse.messages), 30, "the retry")
+    requests.post(f"{comfy}/standin/control", json={"fail": "none"}, timeout=5).raise_for_status()
+    assert sse.closed.wait(60) and ws.closed.wait(10), "the streams close after the final state"
+    logged = _logged(db, job_id)
+    assert [e for _, e in logged].count("retry_scheduled") >= 1 and logged[-1][1] == "succeeded"
+    for collector in (sse, ws):
+        assert collector.messages[0]["event"] == "snapshot"
+        assert collector.messages[0]["job"]["status"] == "queued"
+        transitions = [(i, m["event"]) for i, m in zip(collector.ids, collector.messages)
+                       if m["event"] not in ("snapshot", "progress")]
+        # Every row logged after the snapshot, once each, in order; the stream ends with the success.
+        assert transitions == [row for row in logged if row[1] != "queued"]
+        retry = next(m for m in collector.messages if m["event"] == "retry_scheduled")
+        assert retry["error"]["type"] or retry["details"]
+        final = collector.messages[-1]
+        assert final["event"] == "succeeded" and final["outputs"] and final["outputs"][0]["url"].startswith("http")
+
+
+def test_last_event_id_resumes_without_gaps_across_out_of_order_commits(
+        db: Database, queue: JobQueue, events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    headers = bearer(db, "default", "submitter")
+    job_id = queue.enqueue(_job())["id"]
+    live = Collector(SseReader(f"{url}/events", headers))
+    live.start()
+    first = queue.enqueue(_job())["id"]
+    wait_until(lambda: any(m["job_id"] == first for m in live.messages), 10, "the live stream to see a job")
+    resume_from = live.ids[-1]
+    assert resume_from is not None
+    # Two transactions: the first takes the lower id and commits last.
+    with db.session() as early, db.session() as late:
+        with early.transaction():
+            low = early.fetch_one("test_log_event", {"job_id": job_id, "message": "early"})
+            with late.transaction():
+                high = late.fetch_one("test_log_event", {"job_id": job_id, "message": "late"})
+            assert low is not None and high is not None and low["id"] < high["id"]
+            # The higher id is committed and visible; a resume now must not hand it out before the lower one.
+            resumed = Collector(SseReader(f"{url}/events", {**headers, "Last-Event-ID": str(resume_from)}))
+            resumed.start()
+            time.sleep(0.5)
+            assert all(m.get("id") != high["id"] for m in live.messages + resumed.messages)
+    wait_until(lambda: high["id"] in resumed.ids and high["id"] in live.ids, 15, "both rows streamed")
+    for collector in (live, resumed):
+        ids = [i for i in collector.ids if i is not None and i > resume_from]
+        assert ids == sorted(set(ids)), "in id order, no duplicates"
+        assert ids[-2:] == [low["id"], high["id"]]
+    # A resume from before everything sees exactly what the database holds after that point.
+    again = Collector(SseReader(f"{url}/events", {**headers, "Last-Event-ID": str(resume_from)}))
+    again.start()
+    wait_until(lambda: high["id"] in again.ids, 10, "the resumed stream to catch up")
+    logged = [int(r["id"]) for r in db.fetch_all("events_between", {
+        "tenant": "default", "after": resume_from, "upto": high["id"], "job_id": None, "limit": 1000})]
+    assert [i for i in again.ids if i is not None] == logged
+    for collector in (live, resumed, again):
+        collector.stop()
+
+
+def test_a_tenant_never_sees_another_tenants_events(db: Database, queue: JobQueue,
+                                                    events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    a, b = bearer(db, "tenant-a", "admin"), bearer(db, "tenant-b", "submitter")
+    a_job = queue.enqueue(_job("tenant-a"))["id"]
+    assert requests.get(f"{url}/jobs/{a_job}/events", headers=b, timeout=5).status_code == 404
+    assert requests.get(f"{url}/jobs/{a_job}?wait=0", headers=b, timeout=5).status_code == 404
+    wide_b = Collector(SseReader(f"{url}/events", b))
+    wide_a = Collector(SseReader(f"{url}/events", a))
+    wide_b.start()
+    wide_a.start()
+    time.sleep(0.3)
+    a_again = queue.enqueue(_job("tenant-a"))["id"]
+    b_job = queue.enqueue(_job("tenant-b"))["id"]
+    wait_until(lambda: any(m["job_id"] == b_job for m in wide_b.messages), 10, "tenant B's own event")
+    wait_until(lambda: any(m["job_id"] == a_again for m in wide_a.messages), 10, "tenant A's own event")
+    assert {m["job_id"] for m in wide_b.messages} == {b_job}
+    assert b_job not in {m["job_id"] for m in wide_a.messages}
+    # A resume from the very start does not reach into the other tenant's past either.
+    resumed = Collector(SseReader(f"{url}/events", {**b, "Last-Event-ID": "0"}))
+    resumed.start()
+    wait_until(lambda: resumed.messages, 10, "the resume")
+    time.sleep(0.3)
+    assert {m["job_id"] for m in resumed.messages} == {b_job}
+    assert requests.get(f"{url}/events", timeout=5).status_code == 401
+    assert requests.get(f"{url}/events", headers={"Authorization": "Bearer cq_nottoken"}, timeout=5).status_code == 401
+    for collector in (wide_a, wide_b, resumed):
+        collector.stop()
+
+
+def test_wait_answers_at_the_final_state(stack: Stack, db: Database, queue: JobQueue,
+                                         events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    stack.standin()
+    headers = bearer(db, "default", "submitter")
+    job_id = queue.enqueue(_job())["id"]
+    short = requests.get(f"{url}/jobs/{job_id}?wait=0.3", headers=headers, timeout=5)
+    assert short.status_code == 202 and short.json()["status"] == "queued"
+    answer: dict[str, Any] = {}
+
+    def wait() -> None:
+        response = requests.get(f"{url}/jobs/{job_id}?wait=60", headers=headers, timeout=90)
+        answer["at"] = datetime.now(UTC)
+        answer["response"] = response
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    stack.worker("w1")
+    waiter.join(90)
+    response = answer["response"]
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "succeeded" and job["outputs"][0]["url"]
+    final = queue.logs(job_id)[-1]
+    assert final["event"] == "succeeded"
+    lag = (answer["at"] - final["created_at"]).total_seconds()
+    assert lag < 0.05, f"the wait answered {lag * 1000:.0f} ms after the final state"
+    assert set(job) >= {"id", "status", "workflow", "params", "outputs", "created_at", "finished_at"}
+    assert requests.get(f"{url}/jobs/{job_id}?wait=abc", headers=headers, timeout=5).status_code == 400
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_subscribers_that_stop_reading_are_dropped_within_a_memory_bound(
+        db: Database, queue: JobQueue, events: tuple[ManagedProcess, str], record_figure: Any) -> None:
+    proc, url = events
+    token = bearer(db, "default", "submitter")["Authorization"]
+    host, port = url.removeprefix("http://").split(":")
+    before = _rss_kib(proc.pid)
+    sockets = []
+    try:
+        for _ in range(200):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: {token}\r\n\r\n".encode())
+            sockets.append(sock)
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=5).json()["subscribers"] >= 200, 20,
+                   "200 subscribers")
+        record_figure("events process: RSS with 200 connected subscribers", f"{_rss_kib(proc.pid)} KiB")
+        # 20 batches of 500 jobs: 10,000 events of about 300 bytes for each subscriber, which reads none.
+        for _ in range(20):
+            queue.enqueue_many([_job() for _ in range(500)])
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=5).json()["subscribers"] == 0, 60,
+                   "every subscriber dropped")
+        grown = _rss_kib(proc.pid) - before
+        record_figure("events process: RSS growth with 200 stalled subscribers and 10,000 events", f"{grown} KiB "
+                      f"(from {before} KiB)")
+        assert grown < 32 * 1024, f"RSS grew by {grown} KiB"
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+        assert "comfyq_events_dropped_total 200.0" in metrics
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_stream_tokens_work_once_and_are_refused_expired_forged_or_for_another_tenant(
+        db: Database, queue: JobQueue, events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    headers = bearer(db, "default", "submitter")
+    job_id = queue.enqueue(_job())["id"]
+    other = queue.enqueue(_job("other"))["id"]
+    assert requests.post(f"{url}/events/token", timeout=5).status_code == 401
+    token = requests.post(f"{url}/events/token", headers=headers, timeout=5).json()["stream_token"]
+    stream = SseReader(f"{url}/jobs/{job_id}/events?stream_token={token}")
+    assert stream.response.status_code == 200
+    first = next(stream.events())
+    assert first.event == "snapshot" and first.data["job"]["id"] == job_id
+    stream.close()
+    assert requests.get(f"{url}/jobs/{job_id}/events?stream_token={token}", timeout=5).status_code == 401
+    fresh = requests.post(f"{url}/events/token", headers=headers, timeout=5).json()["stream_token"]
+    assert requests.get(f"{url}/jobs/{other}/events?stream_token={fresh}", timeout=5).status_code == 404
+    signer = StreamTokens(SECRET, 60)
+    expired, _ = signer.issue(Caller("default", "submitter"), now=time.time() - 120)
+    assert requests.get(f"{url}/events?stream_token={expired}", timeout=5).status_code == 401
+    forged, _ = StreamTokens("f" * 40, 60).issue(Caller("default", "submitter"))
+    assert requests.get(f"{url}/events?stream_token={forged}", timeout=5).status_code == 401
+    payload, _, signature = signer.issue(Caller("default", "submitter"))[0].partition(".")
+    assert requests.get(f"{url}/events?stream_token={payload}x.{signature}", timeout=5).status_code == 401
+    # A bearer token is never taken from the URL.
+    assert requests.get(f"{url}/events?stream_token={headers['Authorization'][7:]}", timeout=5).status_code == 401
+
+
+def test_heartbeats_keep_an_idle_stream_open(db: Database, events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    stream = SseReader(f"{url}/events", bearer(db, "default", "submitter"), timeout=5)
+    try:
+        beats = 0
+        started = time.monotonic()
+        while beats < 3:
+            message = stream.next()
+            assert message is not None
+            if message.comment == "heartbeat":
+                beats += 1
+        assert time.monotonic() - started < 5
+    finally:
+        stream.close()
