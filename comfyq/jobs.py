@@ -303,6 +303,13 @@ class JobQueue:
     def logs(self, job_id: int) -> list[Row]:
         return self.db.fetch_all("job_logs", {"id": job_id})
 
+    def history(self, job_id: int, tenant: str, *, after_id: int, limit: int) -> list[Row] | None:
+        """Up to limit log rows of the tenant's job after log id after_id, oldest first, in one round trip; None
+        when the job is not the tenant's (or does not exist), as get() answers."""
+        rows = self.db.fetch_all("job_history_page", {"job_id": job_id, "tenant": tenant, "after_id": after_id,
+                                                      "limit": limit})
+        return [row for row in rows if row["id"] is not None] if rows else None
+
     def summary(self) -> Row | None:
         """Depth and waiting times of the whole queue (queued, eligible, delayed, running, expired leases, the
         oldest and longest waits) in one cheap read, for scrapes and alerts."""

@@ -191,6 +191,7 @@ REQUESTS: dict[tuple[str, str], Callable[[World, str], dict[str, Any]]] = {
     ("get", "/jobs/{job_id}"): lambda w, t: {"path_parameters": {"job_id": w.job(t)}},
     ("get", "/jobs/{job_id}/outputs/{index}"): lambda w, t: {"path_parameters": {"job_id": w.output_job(t),
                                                                                  "index": 0}},
+    ("get", "/jobs/{job_id}/logs"): lambda w, t: {"path_parameters": {"job_id": w.job(t)}},
     ("post", "/jobs/{job_id}/cancel"): lambda w, t: {"path_parameters": {"job_id": w.job(t)}},
     ("delete", "/jobs/{job_id}"): lambda w, t: {"path_parameters": {"job_id": w.job(t)}},
     ("post", "/jobs/{job_id}/retry"): lambda w, t: {"path_parameters": {"job_id": w.job(t, canceled=True)}},
@@ -395,8 +396,9 @@ def test_a_tenants_submitter_and_admin_reach_nothing_of_another_tenant(app: Flas
     for role, b in callers.items():
         label = f"B's {role}"
         for state, job_id in a.jobs.items():
-            for method, path in (("get", "/jobs/{job_id}"), ("post", "/jobs/{job_id}/cancel"),
-                                 ("delete", "/jobs/{job_id}"), ("post", "/jobs/{job_id}/retry")):
+            for method, path in (("get", "/jobs/{job_id}"), ("get", "/jobs/{job_id}/logs"),
+                                 ("post", "/jobs/{job_id}/cancel"), ("delete", "/jobs/{job_id}"),
+                                 ("post", "/jobs/{job_id}/retry")):
                 answer = probe.check(f"{label}, A's {state} job", method, path, b, 404, "not_found",
                                      path_parameters={"job_id": job_id})
                 never = probe.api.send(method, path, b, path_parameters={"job_id": unknown})[0]

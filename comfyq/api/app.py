@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from comfyq.api.admin_api import bp as admin_bp  # noqa: PLC0415
     from comfyq.api.api_errors import register_error_handlers  # noqa: PLC0415
     from comfyq.api.health_api import bp as health_bp  # noqa: PLC0415
+    from comfyq.api.job_logs_api import bp as job_logs_bp  # noqa: PLC0415
     from comfyq.api.jobs_api import BigintConverter  # noqa: PLC0415
     from comfyq.api.jobs_api import bp as jobs_bp  # noqa: PLC0415
     from comfyq.api.metrics import init_metrics  # noqa: PLC0415
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(job_logs_bp)
     app.register_blueprint(stats_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(workflows_bp)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import gc
 import hashlib
@@ -24,6 +22,7 @@ from comfyq.api.graph_check import graph_problems
 from comfyq.api.limits import enforce_quota, enforce_rate
 from comfyq.api.metrics import count_submitted
 from comfyq.api.node_check import node_limit_problems
+from comfyq.api.pagination import MAX_ID, decode_cursor, encode_cursor, page_limit
 from comfyq.api.request_body import json_body, too_many_items, validated
 from comfyq.api.schemas import BatchRequest, JobRequest
 from comfyq.api.services import services
@@ -39,12 +38,26 @@ PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "
                  "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
 TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_ID = 2**63 - 1  # ids are Postgres bigints
+JOBS_CURSOR = "id"  # GET /jobs' cursors: `id:<the last job id seen>`
+
+
+def digits_at_most(number: int) -> str:
+    """A regex of the decimal numbers from 0 to number: fewer digits, or as many with a smaller digit after a
+    common prefix, or number itself."""
+    text = str(number)
+    shorter = [rf"\d{{1,{len(text) - 1}}}"] if len(text) > 1 else []
+    below = [f"{text[:i]}[0-{int(digit) - 1}]" + (rf"\d{{{len(text) - i - 1}}}" if i < len(text) - 1 else "")
+             for i, digit in enumerate(text) if digit != "0"]
+    return "(?:" + "|".join([*shorter, *below, text]) + ")"
 
 
 class BigintConverter(IntegerConverter):
     """The app's `<int:...>` path parts: 0 to the largest Postgres bigint. A larger number (or a sign) matches no
-    route and answers 404, as an unknown job does, instead of reaching the database as an out-of-range bigint."""
+    route and answers 404, as an unknown job does, instead of reaching the database as an out-of-range bigint.
+    The range is in the regex, not only in the conversion: werkzeug answers a path whose number matched a rule's
+    regex but failed its conversion with 405 when another method's rule has the same shape (DELETE /jobs/{id})."""
+
+    regex = digits_at_most(MAX_ID)
 
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("max", MAX_ID)
@@ -298,23 +311,6 @@ def get_output(job_id: int, index: int) -> ResponseReturnValue:
                      etag=True, max_age=0, download_name=output.get("filename") or path.name)
 
 
-def _encode_cursor(job_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("id:"):
-            raise ValueError(text)
-        job_id = int(text[3:])
-        if not 1 <= job_id <= MAX_ID:
-            raise ValueError(text)
-        return job_id
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from exc
-
-
 @bp.get("/jobs")
 def list_jobs() -> Response:
     caller = require_token()
@@ -339,18 +335,13 @@ def list_jobs() -> Response:
             raise ApiError(400, "invalid_query", "since is out of range") from exc
     if "\x00" in args.get("workflow", ""):
         raise ApiError(400, "invalid_query", "workflow may not contain NUL characters")
-    max_limit = _settings().list_page_max
-    try:
-        limit = int(args.get("limit", "50"))
-    except ValueError as exc:
-        raise ApiError(400, "invalid_query", "limit must be an integer") from exc
-    if not 1 <= limit <= max_limit:
-        raise ApiError(400, "invalid_query", f"limit must be between 1 and {max_limit}")
-    before_id = _decode_cursor(args["cursor"]) if args.get("cursor") else None  # empty: the first page
+    limit = page_limit(args, _settings().list_page_max)
+    # An empty cursor: the first page.
+    before_id = decode_cursor(args["cursor"], JOBS_CURSOR, 1)[0] if args.get("cursor") else None
     rows = services().queue.list_jobs(caller.tenant, status=status, workflow=args.get("workflow"), since=since,
                                  before_id=before_id, limit=limit + 1)
     page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = encode_cursor(JOBS_CURSOR, page[-1]["id"]) if len(rows) > limit else None
     return jsonify({"jobs": [present(row) for row in page], "next_cursor": next_cursor})
 
 

@@ -1,8 +1,9 @@
 """The API's OpenAPI 3.1 description (JSON Schema 2020-12), served without a token on GET /openapi.json.
 
 Request bodies come from the pydantic models in schemas.py, with the rules those models check in code (exactly
-one of workflow/graph, the priority range of the settings) added; responses are written out here, next to the
-error codes each route can answer. The document is built from the app's settings, so limits that are settings
+one of workflow/graph, the priority range of the settings) added. Responses come from the models of responses.py
+where the routes answer through them (RESPONSE_MODELS); the others are still written out here, next to the error
+codes each route can answer. The document is built from the app's settings, so limits that are settings
 (priority range, page size, body sizes, batch size) are the ones this deployment enforces.
 
 tests/test_openapi.py validates the document and fuzzes the API against it with schemathesis: a route that
@@ -17,7 +18,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
+from comfyq.api.pagination import default_page
 from comfyq.api.request_body import BYTES_PER_VALUE
+from comfyq.api.responses import RESPONSE_MODELS
 from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, TenantSettings, TokenRequest
 from comfyq.callback_secrets import MAX_ACTIVE
 from comfyq.jobs import STATUSES
@@ -83,6 +86,7 @@ OPERATION_ERRORS: dict[tuple[str, str], dict[int, list[str]]] = {
     ("get", "/jobs"): {**AUTH_ERRORS, 400: ["invalid_query", "invalid_cursor"]},
     ("get", "/jobs/{job_id}"): {**AUTH_ERRORS, 404: ["not_found"]},
     ("get", "/jobs/{job_id}/outputs/{index}"): {**AUTH_ERRORS, 404: ["not_found", "output_missing"]},
+    ("get", "/jobs/{job_id}/logs"): {**AUTH_ERRORS, 400: ["invalid_query", "invalid_cursor"], 404: ["not_found"]},
     ("post", "/jobs/{job_id}/cancel"): CANCEL_ERRORS,
     ("delete", "/jobs/{job_id}"): CANCEL_ERRORS,  # the same operation
     ("post", "/jobs/{job_id}/retry"): {**WRITE_ERRORS, 404: ["not_found"], 409: ["not_retryable"],
@@ -327,6 +331,18 @@ def _response_schemas() -> dict[str, Any]:
     }
 
 
+def _model_responses(components: dict[str, Any]) -> dict[str, Any]:
+    """The response schemas written from the models the routes answer through (responses.py); the models they
+    nest go into components under their own names."""
+    schemas = {}
+    for model in RESPONSE_MODELS:
+        schema = model.model_json_schema(mode="serialization", ref_template=REF + "{model}")
+        for name, definition in schema.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        schemas[model.__name__] = schema
+    return schemas
+
+
 def _admin_schemas(time: dict[str, Any], count: dict[str, Any]) -> dict[str, Any]:
     """The answers of the /admin routes: workers, tokens and tenants."""
     tenant = {"type": "string", "pattern": TENANT_PATTERN}
@@ -526,6 +542,13 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
     body_note = (f"Bodies are at most {settings.max_body_bytes} bytes (COMFYQ_MAX_BODY_BYTES) and "
                  f"{settings.max_body_bytes // BYTES_PER_VALUE} JSON values, counted while the body is read.")
+    page_parameters = [
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": settings.list_page_max,
+                    "default": default_page(settings.list_page_max)},
+         "description": "Page size (at most COMFYQ_LIST_PAGE_MAX)."},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"},
+         "description": "`next_cursor` of the previous page; empty or absent: the first page."}]
     job_example = {"workflow": "txt2img", "params": {"prompt": "a red fox in snow", "seed": 42}, "priority": 5}
     submit_job = {
         "operationId": "submitJob", "tags": ["jobs"], "summary": "Submit one job",
@@ -578,11 +601,7 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                      "description": "Only jobs of this template."},
                     {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
                      "description": "Only jobs created at or after this time (ISO 8601 with a time zone)."},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": settings.list_page_max, "default": 50},
-                     "description": "Page size (at most COMFYQ_LIST_PAGE_MAX)."},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                     "description": "`next_cursor` of the previous page; empty or absent: the first page."}],
+                    *page_parameters],
                 "responses": {"200": _json(_ref("JobList"), "One page.")}}},
         "/jobs/{job_id}": {
             "get": {
@@ -612,6 +631,16 @@ def _operations(settings: Settings) -> dict[str, dict[str, Any]]:
                     "302": {"description": "A signed URL of the object storage.",
                             "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
                     "304": {"description": "Not modified (If-None-Match matched the ETag)."}}}},
+        "/jobs/{job_id}/logs": {
+            "get": {
+                "operationId": "getJobLogs", "tags": ["jobs"], "summary": "A job's history, oldest first",
+                "description": "Every state change and event of the job (queued, claimed, retries, rescues, "
+                               "cancels, the outcome, callback deliveries) with its time, attempt, worker, "
+                               "duration, message and details. Keyset pagination as in GET /jobs: follow "
+                               "`next_cursor` until it is null; a cursor of another job's history is a 400 "
+                               "`invalid_cursor`. Unknown query parameters are a 400.",
+                "parameters": [job_id, *page_parameters],
+                "responses": {"200": _json(_ref("JobLogPage"), "One page.")}}},
         "/jobs/{job_id}/cancel": {
             "post": {
                 "operationId": "cancelJob", "tags": ["jobs"], "summary": "Cancel a queued or running job",
@@ -811,7 +840,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     """The OpenAPI document for an app with these settings (the environment's when None)."""
     settings = settings or Settings()
     components: dict[str, Any] = {}
-    schemas = {**_request_schemas(settings, components), **_response_schemas()}
+    schemas = {**_request_schemas(settings, components), **_response_schemas(), **_model_responses(components)}
     components.update(schemas)
     return {
         "openapi": OPENAPI_VERSION,

@@ -257,6 +257,23 @@ SELECT * FROM job_queue WHERE id = %(id)s AND tenant = %(tenant)s;
 SELECT event, from_status, to_status, attempt, worker_id, message, details, duration_ms, created_at
 FROM job_logs WHERE job_id = %(id)s ORDER BY id;
 
+-- name: job_history_page
+-- GET /jobs/{id}/logs: one page of a job's transitions, oldest first, after the cursor's log id (0: from the
+-- start), read through job_logs_job_idx (job_id, id) whatever the page's depth. Only a job of the tenant: no row
+-- means no such job for it; one row with a NULL id means its job, with nothing after the cursor.
+SELECT l.id, l.event, l.from_status, l.to_status, l.attempt, l.worker_id, l.message, l.details, l.duration_ms,
+       l.created_at
+FROM job_queue j
+LEFT JOIN LATERAL (
+    SELECT id, event, from_status, to_status, attempt, worker_id, message, details, duration_ms, created_at
+    FROM job_logs
+    WHERE job_id = j.id AND id > %(after_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+) l ON true
+WHERE j.id = %(job_id)s AND j.tenant = %(tenant)s
+ORDER BY l.id;
+
 -- name: count_jobs_by_status
 SELECT status, count(*) AS n FROM job_queue GROUP BY status ORDER BY status;
 

@@ -111,6 +111,12 @@ CURSORS = st.integers(-1, 2**70).map(lambda n: base64.urlsafe_b64encode(f"id:{n}
 LIST_QUERIES = st.fixed_dictionaries({}, optional={
     "since": MOMENTS, "workflow": ANY_TEXT, "cursor": CURSORS, "status": st.sampled_from(["queued", "failed"]),
     "limit": st.integers(0, 600)})
+# GET /jobs/{id}/logs: seed_jobs' jobs (ids 1 to 4 in a test's own database) and others, with cursors of their own
+# job, of another job and out of range.
+LOG_CURSORS = st.tuples(st.integers(-1, 6), st.integers(-1, 2**70)).map(
+    lambda ids: base64.urlsafe_b64encode("log:{}:{}".format(*ids).encode()).decode().rstrip("="))
+LOG_QUERIES = st.tuples(st.integers(1, 6), st.fixed_dictionaries({}, optional={
+    "cursor": LOG_CURSORS, "limit": st.integers(0, 600)}))
 KEYS = st.sampled_from(["k1", "k2", "x" * 256]) | st.none()  # repeats, conflicts, too long, or no key
 NO_KEY: st.SearchStrategy[str | None] = st.none()
 
@@ -131,6 +137,9 @@ def targeted(operation: Any) -> dict[str, st.SearchStrategy[schemathesis.Case]]:
         return {"batches": with_body(BATCHES, KEYS)}
     if route == ("GET", "/jobs"):
         return {"queries": LIST_QUERIES.flatmap(lambda query: operation.as_strategy(query=query))}
+    if route == ("GET", "/jobs/{job_id}/logs"):
+        return {"cursors": LOG_QUERIES.flatmap(lambda pair: operation.as_strategy(
+            path_parameters={"job_id": pair[0]}, query=pair[1]))}
     return {}
 
 
