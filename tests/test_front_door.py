@@ -38,12 +38,14 @@ from comfyq.settings import PROJECT_ROOT, Settings
 from comfyq.stack import start_api
 from comfyq.storage import LocalStorage
 from tests.e2e_support import free_port, wait_until
+from tests.support.events_client import SseReader, WsReader, start_events
 
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "comfyq.conf.template"
 # Where docker-compose.yml mounts the template: the image's entrypoint renders /etc/nginx/templates/*.template
 # into /etc/nginx/conf.d/, and default.conf replaces the image's own welcome-page server.
 TEMPLATE_MOUNT = "/etc/nginx/templates/default.conf.template"
-VARIABLES = {"COMFYQ_NGINX_PORT", "COMFYQ_NGINX_UPSTREAM"}
+VARIABLES = {"COMFYQ_NGINX_PORT", "COMFYQ_NGINX_UPSTREAM", "COMFYQ_NGINX_EVENTS_UPSTREAM"}
+NO_EVENTS = "127.0.0.1:9"  # the events upstream of tests that do not start the events process: nothing listens
 TOKEN = "front-door-test-token-0123456789abcdefghij"
 SLOW_CLIENTS = 50
 SLOW_BYTE_SECONDS = 2.0  # one header byte per connection this often
@@ -109,22 +111,24 @@ def nginx_binary() -> str:
     return binary
 
 
-def start_nginx(workdir: Path, upstream: str) -> tuple[ManagedProcess, int]:
+def start_nginx(workdir: Path, upstream: str, events_upstream: str = NO_EVENTS) -> tuple[ManagedProcess, int]:
     """nginx with the project's template on a free port. nginx cannot bind port 0 and tell, so a port is picked
     first; when something takes it in between, nginx exits and another port is tried."""
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
-        started = _start_nginx_once(workdir, upstream, attempt)
+        started = _start_nginx_once(workdir, upstream, events_upstream, attempt)
         if started is not None:
             return started
     raise ProcessFailed("nginx found no free port in 5 tries")
 
 
-def _start_nginx_once(workdir: Path, upstream: str, attempt: int) -> tuple[ManagedProcess, int] | None:
+def _start_nginx_once(workdir: Path, upstream: str, events_upstream: str,
+                      attempt: int) -> tuple[ManagedProcess, int] | None:
     """nginx running on a port of its own, or None when that port was taken meanwhile."""
     port = free_port()
     site = workdir / "comfyq.conf"
-    site.write_text(render({"COMFYQ_NGINX_PORT": str(port), "COMFYQ_NGINX_UPSTREAM": upstream}))
+    site.write_text(render({"COMFYQ_NGINX_PORT": str(port), "COMFYQ_NGINX_UPSTREAM": upstream,
+                            "COMFYQ_NGINX_EVENTS_UPSTREAM": events_upstream}))
     config = workdir / "nginx.conf"
     config.write_text(main_config(workdir, site))
     pid_file = workdir / "nginx.pid"
@@ -372,6 +376,61 @@ def test_output_links_point_at_the_front_door_and_large_responses_come_through(
     assert body == data
 
 
+@pytest.fixture
+def events_door(tmp_path: Path, db_url: str) -> Iterator[int]:
+    """The API and the events process behind nginx; the port of nginx. Everything stopped by PID afterwards."""
+    with contextlib.ExitStack() as stack:
+        api, api_url = start_api(tmp_path / "logs", {"DATABASE_URL": db_url, "COMFYQ_API_TOKEN": TOKEN}, workers=1)
+        stack.callback(api.stop)
+        events, events_url = start_events(tmp_path / "logs", {
+            "DATABASE_URL": db_url, "COMFYQ_API_TOKEN": TOKEN, "COMFYQ_EVENTS_HEARTBEAT_SECONDS": "0.3"})
+        stack.callback(events.stop)
+        nginx, port = start_nginx(tmp_path / "nginx", api_url.removeprefix("http://"),
+                                  events_url.removeprefix("http://"))
+        stack.callback(nginx.stop)
+        yield port
+
+
+@pytest.mark.slow
+def test_streams_and_waits_go_to_the_events_process_unbuffered(events_door: int, queue: JobQueue) -> None:
+    """Through the template's routes: SSE event by event (heartbeats of an idle stream arrive one by one, so
+    nothing buffers them), a WebSocket upgrade, GET /jobs/{id} with `wait` held by the events process (202 when
+    the wait ends) and without it answered by the API (200), and stream tokens."""
+    base = f"http://127.0.0.1:{events_door}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    job_id = queue.enqueue(NewJob(graph={"1": {}}))["id"]
+    stream = SseReader(f"{base}/jobs/{job_id}/events", auth, timeout=5)
+    try:
+        first = next(stream.events())
+        assert first.event == "snapshot" and first.data["job"]["id"] == job_id
+        started = time.monotonic()
+        beats = 0
+        while beats < 3:
+            message = stream.next()
+            assert message is not None
+            beats += message.comment == "heartbeat"
+        assert time.monotonic() - started < 4
+    finally:
+        stream.close()
+    ws = WsReader(f"{base}/ws/jobs/{job_id}", auth, timeout=5)
+    try:
+        assert next(ws.events())["event"] == "snapshot"
+    finally:
+        ws.close()
+    status, _, body = request(events_door, "GET", f"/jobs/{job_id}?wait=0.3")
+    assert status == 202 and json.loads(body)["status"] == "queued"
+    status, _, body = request(events_door, "GET", f"/jobs/{job_id}")
+    assert status == 200 and json.loads(body)["status"] == "queued"
+    status, _, body = request(events_door, "POST", "/events/token", b"")
+    assert status == 200
+    token = json.loads(body)["stream_token"]
+    tenant_stream = SseReader(f"{base}/events?stream_token={token}", timeout=5)
+    try:
+        assert tenant_stream.response.status_code == 200
+    finally:
+        tenant_stream.close()
+
+
 @pytest.mark.slow
 def test_nginx_answers_in_the_api_error_shape_when_the_api_is_down(front_door: FrontDoor) -> None:
     front_door.api.stop()
@@ -401,6 +460,9 @@ def test_compose_publishes_the_api_only_through_nginx(compose: dict[str, Any]) -
     dockerfile = (PROJECT_ROOT / "webhook-api" / "Dockerfile").read_text(encoding="utf-8")
     api_port = re.search(r'"--bind", "0\.0\.0\.0:(\d+)"', dockerfile)
     assert api_port and env["COMFYQ_NGINX_UPSTREAM"] == f"webhook-api:{api_port.group(1)}"
+    events_bind = re.search(r"0\.0\.0\.0:(\d+)", " ".join(services["events"]["command"]))
+    assert events_bind and env["COMFYQ_NGINX_EVENTS_UPSTREAM"] == f"events:{events_bind.group(1)}"
+    assert "ports" not in services["events"], "the events process is reached through nginx only"
     assert f"./deploy/nginx/{TEMPLATE.name}:{TEMPLATE_MOUNT}:ro" in nginx["volumes"]
     assert nginx["depends_on"]["webhook-api"]["condition"] == "service_healthy"
     assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-bookworm", nginx["image"])
