@@ -19,6 +19,7 @@ from comfyq.db import Database
 from comfyq.events.auth import Caller, StreamTokens
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.processes import ManagedProcess
+from comfyq.stack import start_api
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 from tests.support.api_app import bearer
 from tests.support.events_client import SseReader, WsReader, start_events
@@ -294,3 +295,28 @@ def test_heartbeats_keep_an_idle_stream_open(db: Database, events: tuple[Managed
         assert time.monotonic() - started < 5
     finally:
         stream.close()
+
+
+def test_a_submission_with_wait_goes_through_the_api_and_answers_at_the_end(
+        stack: Stack, db: Database, tmp_path: Path) -> None:
+    stack.standin()
+    common = {"DATABASE_URL": stack.db_url, "COMFYQ_STORAGE_DIR": str(stack.storage_dir)}
+    api, api_url = start_api(stack.log_dir, {**common, "COMFYQ_TOKEN_CACHE_SECONDS": "0"}, workers=1)
+    stack.processes.append(api)
+    events, url = start_events(tmp_path / "events-logs", {**common, "COMFYQ_EVENTS_API_URL": api_url})
+    stack.processes.append(events)
+    headers = bearer(db, "default", "submitter")
+    job = {"workflow": "txt2img", "params": {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64}}
+    refused = requests.post(f"{url}/jobs?wait=5", json={"workflow": "nope"}, headers=headers, timeout=30)
+    direct = requests.post(f"{api_url}/jobs", json={"workflow": "nope"}, headers=headers, timeout=30)
+    assert refused.status_code == direct.status_code == 422 and refused.json() == direct.json()
+    assert requests.post(f"{url}/jobs?wait=5", json=job, timeout=30).status_code == 401
+    pending = requests.post(f"{url}/jobs?wait=0.2", json=job, headers={**headers, "Idempotency-Key": "k1"},
+                            timeout=30)
+    assert pending.status_code == 202 and pending.json()["status"] == "queued"
+    stack.worker("w1")
+    done = requests.post(f"{url}/jobs?wait=60", json=job, headers=headers, timeout=90)
+    assert done.status_code == 200 and done.json()["status"] == "succeeded" and done.json()["outputs"]
+    assert done.headers["Location"] == f"/jobs/{done.json()['id']}"
+    replay = requests.post(f"{url}/jobs?wait=60", json=job, headers={**headers, "Idempotency-Key": "k1"}, timeout=90)
+    assert replay.status_code == 200 and replay.json()["id"] == pending.json()["id"]

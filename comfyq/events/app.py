@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientError, ClientSession, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from comfyq.db import Database
@@ -48,6 +48,7 @@ class EventsServices:
     tokens: TokenCache
     stream_tokens: StreamTokens
     storage: Storage
+    api: ClientSession  # to the API (COMFYQ_EVENTS_API_URL), for POST /jobs?wait=
 
 
 SERVICES = web.AppKey("services", EventsServices)
@@ -320,8 +321,37 @@ async def get_job(request: web.Request) -> web.Response:
     """GET /jobs/{id}?wait=SECONDS: 200 with the job (as the API's GET /jobs/{id}) as soon as it is final, or 202
     with its current state when the wait ends. Woken by the feed, never by polling."""
     caller = await _caller(request)
-    job_id = _job_id(request)
+    return await _wait_for(request, caller, _job_id(request), _wait_seconds(request))
+
+
+FORWARDED_REQUEST_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type")
+FORWARDED_ANSWER_HEADERS = ("Content-Type", "Retry-After", "WWW-Authenticate", "Allow", "Location")
+
+
+async def submit_and_wait(request: web.Request) -> web.Response:
+    """POST /jobs?wait=SECONDS: the submission goes to the API as it came (body, Authorization, Idempotency-Key);
+    a refusal comes back unchanged, an accepted job is then waited for as GET /jobs/{id}?wait= does."""
     seconds = _wait_seconds(request)
+    services = _services(request)
+    body = await request.read()
+    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    try:
+        async with services.api.post(f"{services.settings.events_api_url.rstrip('/')}/jobs", data=body,
+                                     headers=headers) as answer:
+            payload = await answer.read()
+            status = answer.status
+            kept = {name: answer.headers[name] for name in FORWARDED_ANSWER_HEADERS if name in answer.headers}
+    except (ClientError, TimeoutError) as exc:
+        log.warning("POST /jobs?wait: the API did not answer: %s", exc, extra={"action": "events_api_unreachable"})
+        raise _error(503, "api_unavailable", "the API is not answering; retry later", {"Retry-After": "5"}) from exc
+    if status not in (200, 201, 202):
+        return web.Response(body=payload, status=status, headers=kept)
+    job_id = int(json.loads(payload)["id"])
+    caller = await _caller(request)  # the API accepted the token; a cached answer here costs nothing
+    return await _wait_for(request, caller, job_id, seconds)
+
+
+async def _wait_for(request: web.Request, caller: Caller, job_id: int, seconds: float) -> web.Response:
     services = _services(request)
     subscriber = services.hub.subscribe(Interest(caller.tenant, job_id=job_id), "wait")
     try:
@@ -344,6 +374,7 @@ async def get_job(request: web.Request) -> web.Response:
         services.hub.unsubscribe(subscriber)
     job = present_job(row, services.storage, services.settings.s3_presign_seconds, _base_url(request))
     return web.json_response(job, status=200 if row["status"] in FINAL_STATUSES else 202,
+                             headers={"Location": f"/jobs/{job_id}"},
                              dumps=lambda value: json.dumps(value, default=str))
 
 
@@ -379,6 +410,7 @@ def build_app(services: EventsServices) -> web.Application:
     app.router.add_get("/ws/jobs/{job_id}", job_events_ws)
     app.router.add_get("/ws/events", tenant_events_ws)
     app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_post("/jobs", submit_and_wait)
     app.router.add_post("/events/token", stream_token)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 
 from comfyq.connect import open_database
 from comfyq.events.app import EventsServices, build_app
@@ -20,6 +20,7 @@ from comfyq.storage import build_storage
 
 log = logging.getLogger(__name__)
 READY_LINE = "comfyq events listening on http://%s:%d"
+API_TIMEOUT_SECONDS = 60.0  # POST /jobs?wait=: a submission of the largest body the API takes
 SHUTDOWN_SECONDS = 2.0  # open streams are cut after this on SIGTERM; clients reconnect with Last-Event-ID
 
 
@@ -49,7 +50,8 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     services = EventsServices(settings=settings, db=db, events=events, hub=hub, tokens=TokenCache(db, settings),
                               stream_tokens=StreamTokens(settings.events_stream_secret,
                                                          settings.events_stream_token_seconds),
-                              storage=build_storage(settings))
+                              storage=build_storage(settings),
+                              api=ClientSession(timeout=ClientTimeout(total=API_TIMEOUT_SECONDS)))
     runner = web.AppRunner(build_app(services), handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -66,5 +68,6 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     finally:
         log.info("comfyq events stopping", extra={"action": "events_stopping"})
         await runner.cleanup()
+        await services.api.close()
         await loop.run_in_executor(None, feed.close)
         db.close()
