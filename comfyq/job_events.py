@@ -95,16 +95,11 @@ class EventLog:
         return self.db.fetch_all("events_after", {"after": after, "limit": limit})
 
     def between(self, tenant: str, after: int, upto: int, job_id: int | None = None) -> list[JobEvent]:
-        """A tenant's (or one job's) events in (after, upto], every page of them."""
-        events: list[JobEvent] = []
-        while after < upto:
-            rows = self.db.fetch_all("events_between", {"tenant": tenant, "after": after, "upto": upto,
-                                                        "job_id": job_id, "limit": READ_LIMIT})
-            events.extend(event_from_row(row) for row in rows)
-            if len(rows) < READ_LIMIT:
-                break
-            after = int(rows[-1]["id"])
-        return events
+        """One page (READ_LIMIT) of a tenant's (or one job's) events in (after, upto], in id order: the caller
+        pages on from the last id, so a resume from far back never holds more than a page."""
+        rows = self.db.fetch_all("events_between", {"tenant": tenant, "after": after, "upto": upto,
+                                                    "job_id": job_id, "limit": READ_LIMIT})
+        return [event_from_row(row) for row in rows]
 
     def progress(self, job_ids: Sequence[int]) -> list[JobEvent]:
         rows = self.db.fetch_all("events_job_progress", {"ids": list(job_ids)})

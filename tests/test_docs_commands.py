@@ -30,6 +30,7 @@ import yaml
 
 from comfyq.api.openapi import build_document
 from comfyq.cli import build_parser
+from comfyq.events.app import ROUTES as EVENTS_ROUTES
 from comfyq.settings import PROJECT_ROOT, Settings
 
 DOCS = [*sorted((PROJECT_ROOT / "docs").glob("*.md")), PROJECT_ROOT / "README.md"]
@@ -180,6 +181,12 @@ def openapi_routes() -> list[tuple[str, re.Pattern[str]]]:
     return routes
 
 
+def events_routes() -> list[tuple[str, re.Pattern[str]]]:
+    """The routes of the events process (comfyq events, docs/events.md), which the API's document leaves out."""
+    return [(method, re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"))
+            for method, path, _ in EVENTS_ROUTES]
+
+
 def n8n_webhooks() -> set[str]:
     paths = set()
     for export in (PROJECT_ROOT / "n8n-workflows").glob("*.json"):
@@ -208,8 +215,8 @@ def check_curl(args: list[str], command: Command) -> None:
         return
     if path == "/system_stats":  # ComfyUI's own endpoint, to check a worker's ComfyUI by hand
         return
-    assert any(m == method and pattern.match(path) for m, pattern in openapi_routes()), (
-        f"{command}: the API has no {method} {path}")
+    assert any(m == method and pattern.match(path) for m, pattern in openapi_routes() + events_routes()), (
+        f"{command}: neither the API nor the events process has {method} {path}")
 
 
 def check_docker(args: list[str], command: Command) -> None:

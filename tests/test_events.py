@@ -19,7 +19,9 @@ from comfyq.db import Database
 from comfyq.events.auth import Caller, StreamTokens
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.processes import ManagedProcess
+from comfyq.settings import PROJECT_ROOT
 from comfyq.stack import start_api
+from comfyq.workflows import load_workflows
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 from tests.support.api_app import bearer
 from tests.support.events_client import SseReader, WsReader, start_events
@@ -44,10 +46,10 @@ def _job(tenant: str = "default") -> NewJob:
     return NewJob(graph=TINY_GRAPH, workflow=None, tenant=tenant)
 
 
-def _logged(db: Database, job_id: int) -> list[tuple[int, str]]:
-    """(id, event) of every job_logs row of a job of the default tenant, in id order."""
+def _logged(db: Database, job_id: int | None = None) -> list[tuple[int, str]]:
+    """(id, event) of every job_logs row of the default tenant (or of one of its jobs), in id order."""
     return [(int(r["id"]), str(r["event"])) for r in db.fetch_all(
-        "events_between", {"tenant": "default", "after": 0, "upto": 2**62, "job_id": job_id, "limit": 1000})]
+        "events_between", {"tenant": "default", "after": 0, "upto": 2**62, "job_id": job_id, "limit": 100_000})]
 
 
 class Collector(threading.Thread):
@@ -85,10 +87,13 @@ class Collector(threading.Thread):
 
 def test_a_retried_job_streams_every_transition_in_order_over_sse_and_ws(
         stack: Stack, db: Database, queue: JobQueue, events: tuple[ManagedProcess, str]) -> None:
+    """A job that fails once (out of memory) and then succeeds, with progress while its sampler runs."""
     _, url = events
-    _, comfy = stack.standin("--fail", "oom")
+    _, comfy = stack.standin("--fail", "oom", "--sampler-step-seconds", "0.1")
     headers = bearer(db, "default", "submitter")
-    job_id = queue.enqueue(_job())["id"]
+    workflow = load_workflows(PROJECT_ROOT / "workflows")["txt2img"]
+    params = workflow.resolve_params({"prompt": "a lighthouse", "steps": 10, "width": 64, "height": 64})
+    job_id = queue.enqueue(NewJob(graph=workflow.render(params), workflow="txt2img", params=params))["id"]
     sse = Collector(SseReader(f"{url}/jobs/{job_id}/events", headers))
     ws = Collector(WsReader(f"{url}/ws/jobs/{job_id}", headers))
     sse.start()
@@ -107,6 +112,9 @@ def test_a_retried_job_streams_every_transition_in_order_over_sse_and_ws(
                        if m["event"] not in ("snapshot", "progress")]
         # Every row logged after the snapshot, once each, in order; the stream ends with the success.
         assert transitions == [row for row in logged if row[1] != "queued"]
+        progress = [m for m in collector.messages if m["event"] == "progress"]
+        assert progress and all(m["status"] == "running" and m["job_id"] == job_id for m in progress)
+        assert any(m["current_node"] for m in progress) and 0 < max(m["progress"] for m in progress) <= 1
         retry = next(m for m in collector.messages if m["event"] == "retry_scheduled")
         assert retry["error"]["type"] or retry["details"]
         final = collector.messages[-1]
@@ -183,7 +191,7 @@ def test_a_tenant_never_sees_another_tenants_events(db: Database, queue: JobQueu
 
 
 def test_wait_answers_at_the_final_state(stack: Stack, db: Database, queue: JobQueue,
-                                         events: tuple[ManagedProcess, str]) -> None:
+                                         events: tuple[ManagedProcess, str], record_figure: Any) -> None:
     _, url = events
     stack.standin()
     headers = bearer(db, "default", "submitter")
@@ -209,6 +217,7 @@ def test_wait_answers_at_the_final_state(stack: Stack, db: Database, queue: JobQ
     final = queue.logs(job_id)[-1]
     assert final["event"] == "succeeded"
     lag = (answer["at"] - final["created_at"]).total_seconds()
+    record_figure("GET /jobs/{id}?wait=: answer after the final job_logs row", f"{lag * 1000:.1f} ms")
     assert lag < 0.05, f"the wait answered {lag * 1000:.0f} ms after the final state"
     assert set(job) >= {"id", "status", "workflow", "params", "outputs", "created_at", "finished_at"}
     assert requests.get(f"{url}/jobs/{job_id}?wait=abc", headers=headers, timeout=5).status_code == 400
@@ -320,3 +329,20 @@ def test_a_submission_with_wait_goes_through_the_api_and_answers_at_the_end(
     assert done.headers["Location"] == f"/jobs/{done.json()['id']}"
     replay = requests.post(f"{url}/jobs?wait=60", json=job, headers={**headers, "Idempotency-Key": "k1"}, timeout=90)
     assert replay.status_code == 200 and replay.json()["id"] == pending.json()["id"]
+
+
+def test_a_resume_from_far_back_pages_through_the_log(db: Database, queue: JobQueue,
+                                                      events: tuple[ManagedProcess, str]) -> None:
+    _, url = events
+    queue.enqueue_many([_job() for _ in range(2500)])
+    logged = [i for i, _ in _logged(db)]
+    stream = SseReader(f"{url}/events", {**bearer(db, "default", "submitter"), "Last-Event-ID": "0"})
+    try:
+        received = []
+        for message in stream.events():
+            received.append(message.id)
+            if len(received) == len(logged):
+                break
+        assert received == logged and len(logged) >= 2500
+    finally:
+        stream.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from comfyq.db import Database
 from comfyq.errors import DatabaseUnavailable
 from comfyq.events.auth import Caller, StreamTokens, TokenCache, Unauthorized, bearer_token
 from comfyq.events.hub import Hub, Interest, Subscriber, SubscriberState
-from comfyq.job_events import FINAL_STATUSES, EventLog, JobEvent
+from comfyq.job_events import FINAL_STATUSES, READ_LIMIT, EventLog, JobEvent
 from comfyq.job_view import present_job, present_outputs
 from comfyq.settings import Settings
 from comfyq.storage import Storage
@@ -198,12 +199,18 @@ class Stream:
                 return True  # checked before the response started; gone since (retention)
         if after is not None:
             upto = subscriber.start
-            missed = await _blocking(lambda: services.events.between(interest.tenant, after, upto, job_id))
-            for event in missed:
-                if interest.matches(event):
-                    await self.send(self.message(event), event.id)
-                    if job_id is not None and event.final:
-                        return True
+            position = after
+            while position < upto:
+                missed = await _blocking(functools.partial(services.events.between, interest.tenant, position, upto,
+                                                           job_id))
+                for event in missed:
+                    if interest.matches(event):
+                        await self.send(self.message(event), event.id)
+                        if job_id is not None and event.final:
+                            return True
+                if len(missed) < READ_LIMIT:
+                    break
+                position = int(missed[-1].id or upto)
             if row is not None and row["status"] in FINAL_STATUSES and (row["last_event_id"] or 0) <= max(
                     after, upto):
                 return True  # resumed after the end: nothing more will come
@@ -402,16 +409,23 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "subscribers": _services(request).hub.count})
 
 
+# Every route of the events process: (method, path, handler). docs/events.md documents each.
+ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("GET", "/jobs/{job_id}/events", job_events_sse),
+    ("GET", "/events", tenant_events_sse),
+    ("GET", "/ws/jobs/{job_id}", job_events_ws),
+    ("GET", "/ws/events", tenant_events_ws),
+    ("GET", "/jobs/{job_id}", get_job),
+    ("POST", "/jobs", submit_and_wait),
+    ("POST", "/events/token", stream_token),
+    ("GET", "/metrics", metrics),
+    ("GET", "/healthz", healthz),
+)
+
+
 def build_app(services: EventsServices) -> web.Application:
     app = web.Application()
     app[SERVICES] = services
-    app.router.add_get("/jobs/{job_id}/events", job_events_sse)
-    app.router.add_get("/events", tenant_events_sse)
-    app.router.add_get("/ws/jobs/{job_id}", job_events_ws)
-    app.router.add_get("/ws/events", tenant_events_ws)
-    app.router.add_get("/jobs/{job_id}", get_job)
-    app.router.add_post("/jobs", submit_and_wait)
-    app.router.add_post("/events/token", stream_token)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
     return app
