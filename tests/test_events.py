@@ -119,6 +119,13 @@ def test_a_retried_job_streams_every_transition_in_order_over_sse_and_ws(
         assert retry["error"]["type"] or retry["details"]
         final = collector.messages[-1]
         assert final["event"] == "succeeded" and final["outputs"] and final["outputs"][0]["url"].startswith("http")
+    # EventSource reconnects after a close: a reconnect after the final event is told 204 (stop), one from
+    # before it gets the rest.
+    after_end = requests.get(f"{url}/jobs/{job_id}/events", headers={**headers, "Last-Event-ID": str(logged[-1][0])},
+                             timeout=10)
+    assert after_end.status_code == 204
+    rest = SseReader(f"{url}/jobs/{job_id}/events", {**headers, "Last-Event-ID": str(logged[-2][0])})
+    assert [(m.id, m.event) for m in rest.events()] == [logged[-1]]
 
 
 def test_last_event_id_resumes_without_gaps_across_out_of_order_commits(

@@ -282,12 +282,17 @@ class WsStream(Stream):
 
 
 async def _job_interest(request: web.Request) -> Interest:
+    """The caller's interest in one of its jobs. A reconnect after the job's final event is answered 204, which
+    tells EventSource to stop reconnecting (a closed stream alone makes it come back)."""
     caller = await _caller(request)
     job_id = _job_id(request)
+    after = _last_event_id(request)
     services = _services(request)
     row = await _blocking(lambda: services.events.snapshot(job_id, caller.tenant))
     if row is None:
         raise _error(404, "not_found", f"no job {job_id}")
+    if after is not None and row["status"] in FINAL_STATUSES and (row["last_event_id"] or 0) <= after:
+        raise web.HTTPNoContent()
     return Interest(caller.tenant, job_id=job_id)
 
 
