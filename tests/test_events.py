@@ -176,8 +176,9 @@ def test_a_tenant_never_sees_another_tenants_events(db: Database, queue: JobQueu
     assert requests.get(f"{url}/jobs/{a_job}?wait=0", headers=b, timeout=5).status_code == 404
     wide_b = Collector(SseReader(f"{url}/events", b))
     wide_a = Collector(SseReader(f"{url}/events", a))
-    wide_b.start()
-    wide_a.start()
+    running_a = Collector(SseReader(f"{url}/events?status=running,failed", a))
+    for collector in (wide_a, wide_b, running_a):
+        collector.start()
     time.sleep(0.3)
     a_again = queue.enqueue(_job("tenant-a"))["id"]
     b_job = queue.enqueue(_job("tenant-b"))["id"]
@@ -185,6 +186,8 @@ def test_a_tenant_never_sees_another_tenants_events(db: Database, queue: JobQueu
     wait_until(lambda: any(m["job_id"] == a_again for m in wide_a.messages), 10, "tenant A's own event")
     assert {m["job_id"] for m in wide_b.messages} == {b_job}
     assert b_job not in {m["job_id"] for m in wide_a.messages}
+    assert running_a.messages == [], "a status filter passes only those statuses"
+    assert requests.get(f"{url}/events?status=bogus", headers=a, timeout=5).status_code == 400
     # A resume from the very start does not reach into the other tenant's past either.
     resumed = Collector(SseReader(f"{url}/events", {**b, "Last-Event-ID": "0"}))
     resumed.start()
@@ -193,7 +196,7 @@ def test_a_tenant_never_sees_another_tenants_events(db: Database, queue: JobQueu
     assert {m["job_id"] for m in resumed.messages} == {b_job}
     assert requests.get(f"{url}/events", timeout=5).status_code == 401
     assert requests.get(f"{url}/events", headers={"Authorization": "Bearer cq_nottoken"}, timeout=5).status_code == 401
-    for collector in (wide_a, wide_b, resumed):
+    for collector in (wide_a, wide_b, running_a, resumed):
         collector.stop()
 
 
