@@ -12,13 +12,27 @@ import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
 from comfyq import callback_secrets, tokens
 from comfyq.admin import apply_retention, forget_worker, list_workers
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import Caller, require_token
 from comfyq.api.request_body import json_body
+from comfyq.api.responses import (
+    CallbackSecret,
+    CallbackSecretList,
+    NewCallbackSecret,
+    NewToken,
+    RetentionResult,
+    Tenant,
+    TenantList,
+    Token,
+    TokenList,
+    Worker,
+    WorkerList,
+    answer,
+)
 from comfyq.api.schemas import RetentionRequest, TenantSettings, TokenRequest
 from comfyq.api.services import services
 from comfyq.settings import Settings
@@ -61,7 +75,7 @@ def workers() -> Response:
     if include not in ("true", "false"):
         raise ApiError(400, "invalid_query", "all must be true or false")
     rows = list_workers(services().db, include_stopped=include == "true")
-    return jsonify({"workers": [tokens.public(row) for row in rows]})
+    return answer(WorkerList, {"workers": [tokens.public(row) for row in rows]})
 
 
 @bp.delete("/admin/workers/<worker_id>")
@@ -83,7 +97,7 @@ def forget(worker_id: str) -> Response:
                        {"status": row["status"], "heartbeat_age_seconds": row["heartbeat_age_seconds"]})
     _audit(caller, "worker_forget", "forgot worker %s (%s, host %s, last heartbeat %s s ago)", worker_id,
            row["status"], row["host"], row["heartbeat_age_seconds"])
-    return jsonify(tokens.public(row))
+    return answer(Worker, tokens.public(row))
 
 
 @bp.get("/admin/tokens")
@@ -93,7 +107,7 @@ def list_tokens() -> Response:
     if tenant is not None and not re.fullmatch(tokens.TENANT_PATTERN, tenant):
         raise ApiError(400, "invalid_query", "tenant is not a tenant name")
     rows = tokens.list_tokens(services().db, _scope(caller, tenant), tokens.manageable_roles(caller.role))
-    return jsonify({"tokens": [tokens.public(row) for row in rows]})
+    return answer(TokenList, {"tokens": [tokens.public(row) for row in rows]})
 
 
 @bp.post("/admin/tokens")
@@ -106,7 +120,7 @@ def create_token() -> tuple[Response, int]:
     created = tokens.create(services().db, tenant, req.role, req.description)
     _audit(caller, "token_create", "created token %s (%s...) of tenant %s, role %s", created.row["id"],
            created.row["token_prefix"], tenant, req.role)
-    return jsonify({**tokens.public(created.row), "token": created.token}), 201
+    return answer(NewToken, {**tokens.public(created.row), "token": created.token}), 201
 
 
 @bp.delete("/admin/tokens/<ref>")
@@ -121,14 +135,14 @@ def revoke_token(ref: str) -> Response:
                        + ("" if caller.is_operator else f" in tenant {caller.tenant!r}"))
     _audit(caller, "token_revoke", "revoked token %s (%s...) of tenant %s", row["id"], row["token_prefix"],
            row["tenant"])
-    return jsonify(tokens.public(row))
+    return answer(Token, tokens.public(row))
 
 
 @bp.get("/admin/tenants")
 def list_tenants() -> Response:
     require_token("operator")
     _query()
-    return jsonify({"tenants": [tokens.public(row) for row in tokens.list_tenants(services().db)]})
+    return answer(TenantList, {"tenants": [tokens.public(row) for row in tokens.list_tenants(services().db)]})
 
 
 @bp.put("/admin/tenants/<name>")
@@ -141,7 +155,7 @@ def set_tenant(name: str) -> Response:
     req = TenantSettings.model_validate(json_body())
     row = tokens.set_tenant(services().db, name, **req.model_dump())
     _audit(caller, "tenant_set", "set tenant %s: %s", name, req.model_dump())
-    return jsonify(tokens.public(row))
+    return answer(Tenant, tokens.public(row))
 
 
 def _existing_tenant(caller: Caller, name: str) -> str:
@@ -159,7 +173,7 @@ def list_callback_secrets(name: str) -> Response:
     _query()
     tenant = _existing_tenant(caller, name)
     rows = callback_secrets.list_secrets(services().db, tenant)
-    return jsonify({"callback_secrets": [tokens.public(row) for row in rows]})
+    return answer(CallbackSecretList, {"callback_secrets": [tokens.public(row) for row in rows]})
 
 
 @bp.post("/admin/tenants/<name>/callback-secrets")
@@ -174,7 +188,7 @@ def create_callback_secret(name: str) -> tuple[Response, int]:
                        "callback secrets already: retire one first")
     _audit(caller, "callback_secret_create", "created callback secret %s (%s...) of tenant %s", created.row["id"],
            created.row["secret_prefix"], tenant)
-    return jsonify({**tokens.public(created.row), "secret": created.secret}), 201
+    return answer(NewCallbackSecret, {**tokens.public(created.row), "secret": created.secret}), 201
 
 
 @bp.delete("/admin/tenants/<name>/callback-secrets/<int:secret_id>")
@@ -186,7 +200,7 @@ def retire_callback_secret(name: str, secret_id: int) -> Response:
         raise ApiError(404, "not_found", f"no active callback secret {secret_id} in tenant {tenant!r}")
     _audit(caller, "callback_secret_retire", "retired callback secret %s (%s...) of tenant %s", row["id"],
            row["secret_prefix"], tenant)
-    return jsonify(tokens.public(row))
+    return answer(CallbackSecret, tokens.public(row))
 
 
 @bp.post("/admin/retention")
@@ -197,4 +211,4 @@ def retention() -> Response:
     tenant = _scope(caller, req.tenant)
     removed = apply_retention(services().db, services().storage, int(req.older_than_days * 86400), tenant=tenant)
     _audit(caller, "retention", "retention of %s older than %s days", tenant or ALL_TENANTS, req.older_than_days)
-    return jsonify({**removed, "older_than_days": req.older_than_days, "scope": tenant or ALL_TENANTS})
+    return answer(RetentionResult, {**removed, "older_than_days": req.older_than_days, "scope": tenant or ALL_TENANTS})

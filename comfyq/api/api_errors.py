@@ -7,10 +7,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from comfyq.api.responses import Error, answer
 from comfyq.errors import ConstraintViolation, DatabaseUnavailable, OutcomeUnknown, StorageUnavailable
 from comfyq.storage import StorageFailure
 
@@ -31,7 +32,7 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> tuple[Response, int, dict[str, str]]:
     body: dict[str, Any] = {"code": code, "message": message, "details": details if details is not None else {}}
-    return jsonify({"error": body}), status, headers or {}
+    return answer(Error, {"error": body}), status, headers or {}
 
 
 DB_RETRY_AFTER = {"Retry-After": "5"}

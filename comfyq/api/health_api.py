@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
 from comfyq.api import bearer
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import require_token
+from comfyq.api.responses import Health, answer
 from comfyq.api.services import services
 from comfyq.errors import DatabaseUnavailable
 from comfyq.settings import Settings
@@ -22,7 +23,7 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return answer(Health, {"status": "ok"})
 
 
 @bp.get("/readyz")
@@ -35,11 +36,11 @@ def readyz() -> Response:
         body = {"status": "unavailable"}
         if may_see_details():
             body["reason"] = reason
-        response = jsonify(body)
+        response = answer(Health, body)
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response
-    return jsonify({"status": "ready"})
+    return answer(Health, {"status": "ready"})
 
 
 def may_see_details() -> bool:

@@ -3,12 +3,12 @@ message and details), oldest first, a page at a time, for the job's own tenant o
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import require_token
 from comfyq.api.pagination import decode_cursor, encode_cursor, page_limit
-from comfyq.api.responses import JobLogPage, body
+from comfyq.api.responses import JobLogPage, answer
 from comfyq.api.services import services
 from comfyq.settings import Settings
 
@@ -36,4 +36,4 @@ def job_logs(job_id: int) -> Response:
         raise ApiError(404, "not_found", f"no job {job_id}")
     page = rows[:limit]
     next_cursor = encode_cursor(LOGS_CURSOR, job_id, page[-1]["id"]) if len(rows) > limit else None
-    return jsonify(body(JobLogPage, {"logs": page, "next_cursor": next_cursor}))
+    return answer(JobLogPage, {"logs": page, "next_cursor": next_cursor})

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file, url_for
+from flask import Blueprint, Response, current_app, redirect, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.routing import IntegerConverter, Map
@@ -24,19 +24,18 @@ from comfyq.api.metrics import count_submitted
 from comfyq.api.node_check import node_limit_problems
 from comfyq.api.pagination import MAX_ID, decode_cursor, encode_cursor, page_limit
 from comfyq.api.request_body import json_body, too_many_items, validated
+from comfyq.api.responses import BatchSubmitted, CancelResult, DeduplicatedJob, Job, JobList, Submitted, answer
 from comfyq.api.schemas import BatchRequest, JobRequest
 from comfyq.api.services import services
+from comfyq.job_view import present_job, signed_url
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES, IdempotencyConflict, NewJob
 from comfyq.settings import Settings
-from comfyq.storage import STORAGE_ERRORS, LocalStorage, Storage
+from comfyq.storage import LocalStorage
 from comfyq.workflows import ParamError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
-PUBLIC_FIELDS = ("id", "status", "workflow", "params", "priority", "attempts", "max_attempts", "progress",
-                 "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error")
-TIME_FIELDS = ("created_at", "run_at", "started_at", "finished_at", "deadline")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 JOBS_CURSOR = "id"  # GET /jobs' cursors: `id:<the last job id seen>`
 
@@ -139,37 +138,16 @@ def build_job(req: JobRequest, caller: Caller, settings: Settings, *, with_dedup
                   dedupe_hash=_canonical_hash(identity) if with_dedupe_hash else None)
 
 
-def _signed(storage: Storage, key: str, expires: int) -> str | None:
-    """A download URL, or None when the backend has none or cannot sign right now (the job is still shown)."""
-    try:
-        return storage.presigned_url(key, expires)
-    except STORAGE_ERRORS as exc:
-        log.warning("cannot sign a URL for %s: %s", key, exc, extra={"action": "presign"})
-        return None
-
-
 def present(row: dict[str, Any]) -> dict[str, Any]:
-    """The public view of a job row. Every stored output gets a download URL: the backend's signed one, or the
-    API's own route for backends without URLs (local storage); `location` never shows a path on a host."""
-    out = {key: row.get(key) for key in PUBLIC_FIELDS}
-    storage = services().storage
-    expires = _settings().s3_presign_seconds
-    out["outputs"] = [{**output, "location": _public_location(output),
-                       "url": _signed(storage, output["key"], expires) or url_for(
-                           "jobs.get_output", job_id=row["id"], index=index, _external=True)}
-                      for index, output in enumerate(row.get("outputs") or [])]
-    for key in TIME_FIELDS:
-        value = row.get(key)
-        out[key] = value.isoformat() if value is not None else None
-    return out
+    """The public view of a job row (comfyq/job_view.py, shared with the events process). Every stored output gets
+    a download URL: the backend's signed one, or the API's own route for backends without URLs (local storage);
+    `location` never shows a path on a host."""
+    return present_job(row, services().storage, _settings().s3_presign_seconds, request.url_root.rstrip("/"))
 
 
-def _public_location(output: dict[str, Any]) -> str | None:
-    """s3://bucket/key as stored; a file on the worker's disk is named by its key only (local:<key>)."""
-    location = output.get("location")
-    if isinstance(location, str) and "://" not in location:
-        return f"local:{output.get('key')}"
-    return location
+def _submitted(row: dict[str, Any]) -> dict[str, Any]:
+    """What a write answers about each job it touched: its id and status."""
+    return {"id": row["id"], "status": row["status"]}
 
 
 def _location(job_id: int) -> str:
@@ -186,7 +164,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if req.dedupe and new_job.dedupe_hash:
         twin = services().queue.succeeded_twin(caller.tenant, new_job.dedupe_hash)
         if twin is not None:
-            return jsonify({**present(twin), "deduplicated": True}), 200, {"Location": _location(twin["id"])}
+            return (answer(DeduplicatedJob, {**present(twin), "deduplicated": True}), 200,
+                    {"Location": _location(twin["id"])})
     key = _idempotency_key()
     _enforce_quota_unless_replay(caller, key, 1)
     try:
@@ -198,7 +177,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if not submission.replayed:
         count_submitted(1)
     status = 200 if submission.replayed else 202
-    return jsonify({"id": row["id"], "status": row["status"]}), status, {"Location": _location(row["id"])}
+    return answer(Submitted, _submitted(row)), status, {"Location": _location(row["id"])}
 
 
 @contextlib.contextmanager
@@ -246,8 +225,8 @@ def _submit_batch() -> tuple[Response, int]:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
     if not submission.replayed:
         count_submitted(len(submission.rows))
-    rows = [{"id": row["id"], "status": row["status"]} for row in submission.rows]
-    return jsonify({"count": len(rows), "jobs": rows}), 200 if submission.replayed else 202
+    written = [_submitted(row) for row in submission.rows]
+    return answer(BatchSubmitted, {"count": len(written), "jobs": written}), 200 if submission.replayed else 202
 
 
 def _build_batch(batch: BatchRequest, caller: Caller, settings: Settings,
@@ -286,7 +265,7 @@ def get_job(job_id: int) -> Response:
     row = services().queue.get(job_id, caller.tenant)
     if row is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
-    return jsonify(present(row))
+    return answer(Job, present(row))
 
 
 @bp.get("/jobs/<int:job_id>/outputs/<int:index>")
@@ -300,7 +279,7 @@ def get_output(job_id: int, index: int) -> ResponseReturnValue:
         raise ApiError(404, "not_found", f"job {job_id} has no output {index}")
     output = outputs[index]
     storage = services().storage
-    signed = _signed(storage, output["key"], min(300, _settings().s3_presign_seconds))
+    signed = signed_url(storage, output["key"], min(300, _settings().s3_presign_seconds))
     if signed is not None:
         return redirect(signed, code=302)
     path = storage.path_of(output["key"]) if isinstance(storage, LocalStorage) else None
@@ -342,7 +321,7 @@ def list_jobs() -> Response:
                                  before_id=before_id, limit=limit + 1)
     page = rows[:limit]
     next_cursor = encode_cursor(JOBS_CURSOR, page[-1]["id"]) if len(rows) > limit else None
-    return jsonify({"jobs": [present(row) for row in page], "next_cursor": next_cursor})
+    return answer(JobList, {"jobs": [present(row) for row in page], "next_cursor": next_cursor})
 
 
 @bp.delete("/jobs/<int:job_id>")
@@ -358,7 +337,7 @@ def cancel_job(job_id: int) -> Response:
         if current is None:
             raise ApiError(404, "not_found", f"no job {job_id}")
         raise ApiError(409, "not_cancelable", f"job {job_id} is already {current}", {"status": current})
-    return jsonify({"id": row["id"], "status": row["status"], "cancel_requested": True})
+    return answer(CancelResult, {**_submitted(row), "cancel_requested": True})
 
 
 @bp.post("/jobs/<int:job_id>/retry")
@@ -375,4 +354,4 @@ def retry_job(job_id: int) -> Response:
     row = services().queue.retry(job_id, caller.tenant)
     if row is None:  # it changed between the two reads
         raise ApiError(409, "not_retryable", f"job {job_id} changed state; read it again")
-    return jsonify({"id": row["id"], "status": row["status"]})
+    return answer(Submitted, _submitted(row))

@@ -1,10 +1,11 @@
 """The API's OpenAPI 3.1 description (JSON Schema 2020-12), served without a token on GET /openapi.json.
 
 Request bodies come from the pydantic models in schemas.py, with the rules those models check in code (exactly
-one of workflow/graph, the priority range of the settings) added. Responses come from the models of responses.py
-where the routes answer through them (RESPONSE_MODELS); the others are still written out here, next to the error
-codes each route can answer. The document is built from the app's settings, so limits that are settings
-(priority range, page size, body sizes, batch size) are the ones this deployment enforces.
+one of workflow/graph, the priority range of the settings) added. Response bodies come from the models of
+responses.py, which every route (and the error handlers) answers through, so a body the document does not
+describe cannot be sent. Written out here: the operations, their parameters and the error codes each can
+answer. The document is built from the app's settings, so limits that are settings (priority range, page size,
+body sizes, batch size) are the ones this deployment enforces.
 
 tests/test_openapi.py validates the document and fuzzes the API against it with schemathesis: a route that
 answers a status, a header or a body not described here fails that test."""
@@ -25,7 +26,7 @@ from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, Tenan
 from comfyq.callback_secrets import MAX_ACTIVE
 from comfyq.jobs import STATUSES
 from comfyq.settings import Settings
-from comfyq.tokens import ROLES, TENANT_PATTERN
+from comfyq.tokens import TENANT_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -38,10 +39,6 @@ bp = Blueprint("openapi", __name__)
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF + name}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
 
 
 # Error codes by status: what each route can answer besides its success. The descriptions are shared.
@@ -148,307 +145,28 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
 
 
 # Response schemas ---------------------------------------------------------------------------------------------
-def _response_schemas() -> dict[str, Any]:
-    status_enum = {"type": "string", "enum": sorted(STATUSES)}
-    time = {"type": "string", "format": "date-time"}
-    count = {"type": "integer", "minimum": 0}
-    return {
-        "Error": {
-            "type": "object", "required": ["error"], "additionalProperties": False,
-            "description": "The one shape of every error answer.",
-            "properties": {"error": {
-                "type": "object", "required": ["code", "message", "details"], "additionalProperties": False,
-                "properties": {
-                    "code": {"type": "string", "description": "Stable, machine-readable; branch on this."},
-                    "message": {"type": "string", "description": "For humans; may change."},
-                    "details": {"description": "Structured detail; `{}` when there is none. For "
-                                               "`validation_error` from the request model: a list of "
-                                               "`{field, problem, type}`; for param and graph problems: an object "
-                                               "keyed by param name or node id.",
-                                "type": ["object", "array"]}}}},
-            "examples": [{"error": {"code": "invalid_params", "message": "some params are invalid",
-                                    "details": {"steps": "0 is smaller than the minimum 1"}}}]},
-        "Submitted": {
-            "type": "object", "required": ["id", "status"], "additionalProperties": False,
-            "description": "A job written to the queue (or, on an idempotent replay, the job written the first time).",
-            "properties": {"id": {"type": "integer"}, "status": status_enum},
-            "examples": [{"id": 17, "status": "queued"}]},
-        "BatchSubmitted": {
-            "type": "object", "required": ["count", "jobs"], "additionalProperties": False,
-            "properties": {"count": count, "jobs": {"type": "array", "items": _ref("Submitted"),
-                                                    "description": "In the order of the request's items."}},
-            "examples": [{"count": 2, "jobs": [{"id": 18, "status": "queued"}, {"id": 19, "status": "queued"}]}]},
-        "CancelResult": {
-            "type": "object", "required": ["id", "status", "cancel_requested"], "additionalProperties": False,
-            "description": "`status` is `canceled` for a job that was queued; a running job stays `running` with "
-                           "`cancel_requested` until its worker stops it (within a heartbeat).",
-            "properties": {"id": {"type": "integer"}, "status": status_enum, "cancel_requested": {"const": True}}},
-        "JobOutput": {
-            "type": "object", "required": ["key", "url"],
-            "description": "One stored output file.",
-            "properties": {
-                "key": {"type": "string", "description": "The object key in storage, "
-                        "`{installation}/{job}/{attempt}/{file}` (`{job}/{attempt}/{file}` for jobs stored before "
-                        "installation ids)."},
-                "size": {"type": "integer", "minimum": 0, "description": "Bytes."},
-                "content_type": {"type": "string"},
-                "location": {"type": "string", "description": "`s3://bucket/key`, or `local:{key}` for the local "
-                             "backend (never a path on a host)."},
-                "node_id": {"type": "string", "description": "The graph node that produced it."},
-                "filename": {"type": "string", "description": "The file name ComfyUI gave it."},
-                "url": {"type": "string",
-                        "description": "Where to download it: a presigned URL of the object storage, valid for "
-                                       "COMFYQ_S3_PRESIGN_SECONDS; with the local backend (or when the storage "
-                                       "cannot sign right now) the API's own `/jobs/{id}/outputs/{n}`, which needs "
-                                       "the bearer token."}}},
-        "JobError": {
-            "type": "object", "required": ["type", "message", "retryable"],
-            "description": "Why the last attempt failed (or why the job expired).",
-            "properties": {
-                "type": {"type": "string", "examples": ["validation_error", "execution_error", "timeout",
-                                                        "comfyui_unavailable", "lease_expired",
-                                                        "deadline_exceeded"]},
-                "message": {"type": "string"}, "retryable": {"type": "boolean"},
-                "node": {"type": "string", "description": "The node that failed, when known."},
-                "details": {"type": "object", "description": "E.g. ComfyUI's own `node_errors` for a rejection."}}},
-        "Job": {
-            "type": "object", "additionalProperties": False,
-            "required": ["id", "status", "workflow", "params", "priority", "attempts", "max_attempts", "progress",
-                         "current_node", "timeout_seconds", "cancel_requested", "callback_url", "error", "outputs",
-                         "created_at", "run_at", "started_at", "finished_at", "deadline"],
-            "properties": {
-                "id": {"type": "integer"},
-                "status": status_enum,
-                "workflow": _nullable({"type": "string"}) | {"description": "null for a raw graph."},
-                "params": {"type": "object", "description": "The template params with defaults filled in "
-                                                            "(random seeds as drawn); `{}` for a raw graph."},
-                "priority": {"type": "integer"},
-                "attempts": {"type": "integer", "minimum": 0},
-                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "current_node": _nullable({"type": "string"}),
-                "timeout_seconds": _nullable({"type": "integer"}),
-                "cancel_requested": {"type": "boolean"},
-                "callback_url": _nullable({"type": "string"}),
-                "error": _nullable(_ref("JobError")),
-                "outputs": {"type": "array", "items": _ref("JobOutput")},
-                "created_at": time, "run_at": time | {"description": "When the job becomes (or became) eligible."},
-                "started_at": _nullable(time), "finished_at": _nullable(time), "deadline": _nullable(time),
-                "deduplicated": {"const": True, "description": "Only in a POST /jobs dedupe answer."}},
-            "examples": [{
-                "id": 17, "status": "succeeded", "workflow": "txt2img",
-                "params": {"prompt": "a red fox in snow", "seed": 42, "negative_prompt": "", "width": 512,
-                           "height": 512, "steps": 20, "cfg": 7.0,
-                           "checkpoint": "v1-5-pruned-emaonly.safetensors"},
-                "priority": 5, "attempts": 1, "max_attempts": 3, "progress": 1.0, "current_node": None,
-                "timeout_seconds": None, "cancel_requested": False, "callback_url": None, "error": None,
-                "outputs": [{"key": "17/1/comfyq_00001_.png", "size": 48213, "content_type": "image/png",
-                             "location": "s3://comfyq-outputs/17/1/comfyq_00001_.png", "node_id": "9",
-                             "filename": "comfyq_00001_.png", "url": "https://minio.example:9000/..."}],
-                "created_at": "2026-01-05T10:00:00.120000+00:00", "run_at": "2026-01-05T10:00:00.120000+00:00",
-                "started_at": "2026-01-05T10:00:01.300000+00:00", "finished_at": "2026-01-05T10:00:07.900000+00:00",
-                "deadline": None}]},
-        "DeduplicatedJob": {
-            "description": "A succeeded job with the same request, returned instead of a new one (`dedupe: true`).",
-            "allOf": [_ref("Job"), {"type": "object", "required": ["deduplicated"]}]},
-        "JobList": {
-            "type": "object", "required": ["jobs", "next_cursor"], "additionalProperties": False,
-            "properties": {
-                "jobs": {"type": "array", "items": _ref("Job"), "description": "Newest first."},
-                "next_cursor": _nullable({"type": "string"}) | {
-                    "description": "Pass as `cursor` for the next page; null on the last page."}}},
-        "Stats": {
-            "type": "object", "additionalProperties": False,
-            "required": ["queued", "running", "by_priority", "oldest_queued_seconds", "finished_last_hour",
-                         "workers", "scope"],
-            "properties": {
-                "queued": count, "running": count,
-                "by_priority": {
-                    "type": "object", "required": ["queued", "running"], "additionalProperties": False,
-                    "description": "Jobs by status, then by priority (the priority as a string key).",
-                    "properties": {s: {"type": "object", "additionalProperties": count}
-                                   for s in ("queued", "running")}},
-                "oldest_queued_seconds": _nullable({"type": "number", "minimum": 0}),
-                "finished_last_hour": {"type": "object", "additionalProperties": count,
-                                       "description": "Jobs that ended in the last hour, by final status."},
-                "workers": {"type": "object", "required": ["alive", "silent", "dead"], "additionalProperties": False,
-                            "description": "Workers of the whole deployment (not per tenant): alive, silent (no "
-                                           "recent heartbeat, not declared dead yet) and dead.",
-                            "properties": {"alive": count, "silent": count, "dead": count}},
-                "scope": {"type": "string", "description": "`all tenants` for an operator token, else the tenant."}},
-            "examples": [{"queued": 4, "running": 1, "by_priority": {"queued": {"9": 1, "5": 1, "0": 2},
-                                                                   "running": {"0": 1}},
-                          "oldest_queued_seconds": 12.5, "finished_last_hour": {"succeeded": 40, "failed": 1},
-                          "workers": {"alive": 2, "silent": 0, "dead": 0}, "scope": "acme"}]},
-        "RetentionResult": {
-            "type": "object", "additionalProperties": False,
-            "required": ["jobs_deleted", "logs_deleted", "objects_deleted", "older_than_days", "scope"],
-            "properties": {"jobs_deleted": count, "logs_deleted": count, "objects_deleted": count,
-                           "older_than_days": {"type": "number"},
-                           "scope": {"type": "string", "description": "The tenant whose jobs were deleted, or "
-                                                                      "`all tenants` (an operator naming none)."}},
-            "examples": [{"jobs_deleted": 2, "logs_deleted": 6, "objects_deleted": 2, "older_than_days": 30,
-                          "scope": "acme"}]},
-        **_admin_schemas(time, count),
-        "Health": {"type": "object", "required": ["status"], "additionalProperties": False,
-                   "properties": {"status": {"type": "string", "enum": ["ok", "ready", "unavailable"]},
-                                  "reason": {"type": "string", "description": "Why the database does not answer; "
-                                             "only for an admin or operator token."}}},
-        "NodeLimit": {
-            "type": "object", "required": ["node", "class_type", "input", "type"],
-            "description": "What ComfyUI accepts at one input a param fills, from the node catalogue a worker "
-                           "published.",
-            "properties": {"node": {"type": "string"}, "class_type": {"type": "string"},
-                           "input": {"type": "string"}, "type": {"type": "string"},
-                           "min": {"type": "number"}, "max": {"type": "number"}, "step": {"type": "number"},
-                           "choices": {"type": "array"}}},
-        "WorkflowParam": {
-            "type": "object", "required": ["type", "required"], "additionalProperties": False,
-            "properties": {
-                "type": {"type": "string", "enum": ["string", "integer", "number", "boolean"]},
-                "required": {"type": "boolean"},
-                "default": {"description": "The value used when the param is omitted; the string `random` for a "
-                                           "seed drawn per job (and stored with it)."},
-                "min": {"type": "number"}, "max": {"type": "number"},
-                "min_length": {"type": "integer", "minimum": 0}, "max_length": {"type": "integer", "minimum": 0},
-                "multiple_of": {"type": "integer"}, "description": {"type": "string"},
-                "node_limits": {"type": "array", "items": _ref("NodeLimit"),
-                                "description": "Only on GET /workflows/{name}, once a worker has published "
-                                               "ComfyUI's node catalogue."}}},
-        "Workflow": {
-            "type": "object", "required": ["name", "description", "params"], "additionalProperties": False,
-            "properties": {"name": {"type": "string"}, "description": {"type": "string"},
-                           "params": {"type": "object", "additionalProperties": _ref("WorkflowParam")}},
-            "examples": [{"name": "txt2img", "description": "Text to image with one checkpoint.", "params": {
-                "prompt": {"type": "string", "required": True, "min_length": 1, "max_length": 10000},
-                "seed": {"type": "integer", "required": False, "default": "random", "min": 0,
-                         "max": 18446744073709551615},
-                "steps": {"type": "integer", "required": False, "default": 20, "min": 1, "max": 150}}}]},
-        "WorkflowList": {
-            "type": "object", "required": ["workflows"], "additionalProperties": False,
-            "properties": {"workflows": {"type": "array", "items": _ref("Workflow"),
-                                         "description": "Sorted by name."}}},
-    }
-
-
 def _model_responses(components: dict[str, Any]) -> dict[str, Any]:
     """The response schemas written from the models the routes answer through (responses.py); the models they
     nest go into components under their own names."""
     schemas = {}
     for model in RESPONSE_MODELS:
-        schema = model.model_json_schema(mode="serialization", ref_template=REF + "{model}")
+        schema = _without_defaults(model.model_json_schema(mode="serialization", ref_template=REF + "{model}"))
         for name, definition in schema.pop("$defs", {}).items():
             components.setdefault(name, definition)
         schemas[model.__name__] = schema
     return schemas
 
 
-def _admin_schemas(time: dict[str, Any], count: dict[str, Any]) -> dict[str, Any]:
-    """The answers of the /admin routes: workers, tokens and tenants."""
-    tenant = {"type": "string", "pattern": TENANT_PATTERN}
-    token: dict[str, Any] = {
-        "id": {"type": "integer"}, "tenant": tenant,
-        "role": {"type": "string", "enum": list(ROLES)},
-        "token_prefix": {"type": "string", "description": "The secret's first 11 characters: names the token in "
-                                                          "lists and revocations, and is not enough to use it."},
-        "description": {"type": "string"}, "created_at": time,
-        "last_used_at": _nullable(time) | {"description": "Updated at most once a minute."},
-        "revoked_at": _nullable(time)}
-    token_example = {"id": 7, "tenant": "acme", "role": "submitter", "token_prefix": "cq_AbCdEfGh",
-                     "description": "n8n", "created_at": "2026-01-05T10:00:00+00:00", "last_used_at": None,
-                     "revoked_at": None}
-    return {
-        "Worker": {
-            "type": "object", "additionalProperties": False,
-            "required": ["id", "status", "host", "pid", "comfyui_url", "current_job_id", "jobs_done",
-                         "dependencies_down", "started_at", "heartbeat_at", "heartbeat_age_seconds"],
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"type": "string", "enum": ["running", "draining", "stopped", "dead"],
-                           "description": "`dead`: no heartbeat for COMFYQ_WORKER_DEAD_AFTER_SECONDS, declared by "
-                                          "another worker; running again if it heartbeats again."},
-                "host": {"type": "string"}, "pid": {"type": "integer"}, "comfyui_url": {"type": "string"},
-                "current_job_id": _nullable({"type": "integer"}) | {"description": "Of any tenant."},
-                "jobs_done": count,
-                "dependencies_down": {"type": "array", "items": {"type": "string"},
-                                      "description": "What the worker sees down now (`comfyui`, `database`, "
-                                                     "`storage`, `redis`): it claims nothing meanwhile."},
-                "started_at": time, "heartbeat_at": time,
-                "heartbeat_age_seconds": {"type": "number", "description": "Seconds since the last heartbeat; a "
-                                          "live worker beats every COMFYQ_HEARTBEAT_SECONDS."}},
-            "examples": [{"id": "gpu-1", "status": "running", "host": "gpu-1", "pid": 4242,
-                          "comfyui_url": "http://gpu-1:8188", "current_job_id": 17, "jobs_done": 1234,
-                          "dependencies_down": [], "started_at": "2026-01-05T09:00:00+00:00",
-                          "heartbeat_at": "2026-01-05T10:00:00+00:00", "heartbeat_age_seconds": 2.5}]},
-        "WorkerList": {
-            "type": "object", "required": ["workers"], "additionalProperties": False,
-            "properties": {"workers": {"type": "array", "items": _ref("Worker"),
-                                       "description": "Most recent heartbeat first."}}},
-        "Token": {
-            "type": "object", "additionalProperties": False, "required": list(token), "properties": token,
-            "description": "A token as listings show it: never its secret, which only its creation answers.",
-            "examples": [token_example]},
-        "TokenList": {
-            "type": "object", "required": ["tokens"], "additionalProperties": False,
-            "properties": {"tokens": {"type": "array", "items": _ref("Token"), "description": "By id."}}},
-        "NewToken": {
-            "type": "object", "additionalProperties": False, "required": [*token, "token"],
-            "properties": {**token, "token": {"type": "string", "description": "The secret: shown this once, "
-                                                                              "stored only as a hash."}},
-            "examples": [token_example | {"token": "cq_AbCdEfGh0123456789abcdefghijklmnopqrstuvw"}]},
-        "Tenant": {
-            "type": "object", "additionalProperties": False,
-            "required": ["name", "allow_raw_graphs", "max_queued_jobs", "rate_per_second", "rate_burst",
-                         "created_at", "active_tokens"],
-            "properties": {
-                "name": tenant, "allow_raw_graphs": {"type": "boolean"},
-                "max_queued_jobs": _nullable(count) | {"description": "null: COMFYQ_DEFAULT_MAX_QUEUED_JOBS."},
-                "rate_per_second": _nullable({"type": "number"}) | {
-                    "description": "null: COMFYQ_DEFAULT_RATE_PER_SECOND."},
-                "rate_burst": _nullable({"type": "integer", "minimum": 1}) | {
-                    "description": "null: COMFYQ_DEFAULT_RATE_BURST."},
-                "created_at": time, "active_tokens": count},
-            "examples": [{"name": "acme", "allow_raw_graphs": False, "max_queued_jobs": 100000,
-                          "rate_per_second": 50.0, "rate_burst": 200, "created_at": "2026-01-05T10:00:00+00:00",
-                          "active_tokens": 2}]},
-        "TenantList": {
-            "type": "object", "required": ["tenants"], "additionalProperties": False,
-            "properties": {"tenants": {"type": "array", "items": _ref("Tenant"), "description": "By name."}}},
-        **_callback_secret_schemas(tenant, time),
-    }
-
-
-def _callback_secret_schemas(tenant: dict[str, Any], time: dict[str, Any]) -> dict[str, Any]:
-    """The answers of /admin/tenants/{name}/callback-secrets."""
-    secret: dict[str, Any] = {
-        "id": {"type": "integer"}, "tenant": tenant,
-        "secret_prefix": {"type": "string", "description": "The secret's first 14 characters (`whsec_` and 8 more): "
-                                                           "names it in lists, and is not enough to sign."},
-        "source": {"type": "string", "enum": ["api", "setting"],
-                   "description": "`api`: made by this route; `setting`: the deprecated COMFYQ_CALLBACK_SECRET, "
-                                  "stored by the first worker that started with it."},
-        "created_at": time,
-        "retired_at": _nullable(time) | {"description": "null while it signs the tenant's callbacks."}}
-    example = {"id": 3, "tenant": "acme", "secret_prefix": "whsec_AbCdEfGh", "source": "api",
-               "created_at": "2026-01-05T10:00:00+00:00", "retired_at": None}
-    return {
-        "CallbackSecret": {
-            "type": "object", "additionalProperties": False, "required": list(secret), "properties": secret,
-            "description": "A callback signing secret as listings show it: never the secret, which only its "
-                           "creation answers.",
-            "examples": [example]},
-        "CallbackSecretList": {
-            "type": "object", "required": ["callback_secrets"], "additionalProperties": False,
-            "properties": {"callback_secrets": {"type": "array", "items": _ref("CallbackSecret"),
-                                                "description": "By id, retired ones included."}}},
-        "NewCallbackSecret": {
-            "type": "object", "additionalProperties": False, "required": [*secret, "secret"],
-            "properties": {**secret, "secret": {
-                "type": "string", "pattern": "^whsec_[A-Za-z0-9+/]+={0,2}$",
-                "description": "The secret, shown this once: give it to the tenant's receiver, which verifies with "
-                               "any Standard Webhooks library."}},
-            "examples": [example | {"secret": "whsec_AbCdEfGh0123456789abcdefghijklmnopqrstuvwx="}]},
-    }
+def _without_defaults(schema: Any) -> Any:
+    """The schema without `default` keywords: a response field's default (None, for one that is left out when it
+    has no value) is never sent, so it says nothing about an answer. Property names are kept (a workflow param
+    has a property called `default`)."""
+    if isinstance(schema, list):
+        return [_without_defaults(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {key: ({name: _without_defaults(item) for name, item in value.items()} if key in ("properties", "$defs")
+                  else _without_defaults(value)) for key, value in schema.items() if key != "default"}
 
 
 # Request schemas ----------------------------------------------------------------------------------------------
@@ -840,7 +558,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     """The OpenAPI document for an app with these settings (the environment's when None)."""
     settings = settings or Settings()
     components: dict[str, Any] = {}
-    schemas = {**_request_schemas(settings, components), **_response_schemas(), **_model_responses(components)}
+    schemas = {**_request_schemas(settings, components), **_model_responses(components)}
     components.update(schemas)
     return {
         "openapi": OPENAPI_VERSION,

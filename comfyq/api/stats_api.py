@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
 from comfyq.admin import queue_stats
 from comfyq.api.auth import require_token
+from comfyq.api.responses import Stats, answer
 from comfyq.api.services import services
 from comfyq.settings import Settings
 
@@ -19,4 +20,4 @@ def stats() -> Response:
     body = queue_stats(services().db, None if caller.is_operator else caller.tenant,
                        alive_seconds=3 * settings.heartbeat_seconds)
     body["scope"] = "all tenants" if caller.is_operator else caller.tenant
-    return jsonify(body)
+    return answer(Stats, body)

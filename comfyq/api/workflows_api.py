@@ -3,11 +3,12 @@ param's type, default and range, so callers can build a valid request without re
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from comfyq.api.api_errors import ApiError
 from comfyq.api.auth import require_token
 from comfyq.api.node_check import workflow_node_limits
+from comfyq.api.responses import Workflow, WorkflowList, answer
 from comfyq.api.services import services
 
 bp = Blueprint("workflows", __name__)
@@ -17,7 +18,7 @@ bp = Blueprint("workflows", __name__)
 def list_workflows() -> Response:
     require_token()
     workflows = services().workflows
-    return jsonify({"workflows": [workflows[name].describe() for name in sorted(workflows)]})
+    return answer(WorkflowList, {"workflows": [workflows[name].describe() for name in sorted(workflows)]})
 
 
 @bp.get("/workflows/<name>")
@@ -32,4 +33,4 @@ def get_workflow(name: str) -> Response:
     body = workflow.describe()
     for param, limits in workflow_node_limits(workflow).items():
         body["params"][param]["node_limits"] = limits
-    return jsonify(body)
+    return answer(Workflow, body)
