@@ -1,21 +1,25 @@
--- Live job streams (comfyq events): the events process LISTENs on comfyq_job_events and reads the new job_logs
--- rows by id (sql/queries/events.sql). One notification per INSERT statement that inserted rows, with an empty
--- payload, so a 10k-job batch sends one, and Postgres folds identical notifications of one transaction into one.
--- An idle worker's claim that finds nothing inserts no row and sends nothing (a statement trigger fires even for
--- zero rows, hence the transition table).
+-- Live job streams (comfyq events): the events process LISTENs and reads the new job_logs rows by id
+-- (sql/queries/events.sql). What wakes it:
+-- - a new job (a `queued` row): the comfyq_jobs notification that 0001_initial.sql already sends once per INSERT
+--   into job_queue, so a 10k-job batch costs nothing more;
+-- - a `claimed` row: nothing. A NOTIFY takes a cluster-wide lock at commit and holds it through the commit's WAL
+--   flush, so notifying transactions commit one at a time, and the claim is the queue's hottest statement. The
+--   row is read at the events process's next wake-up: the job's first progress, its end, any other event, or
+--   the poll (COMFYQ_EVENTS_POLL_SECONDS), whichever comes first; ids keep the order;
+-- - every other row (retries, rescues, ends, cancels): comfyq_job_events, with an empty payload, which Postgres
+--   folds into one per transaction. The WHEN clause is evaluated without calling the function, so the claim and
+--   the batch insert pay no function call.
 CREATE FUNCTION comfyq_notify_job_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM inserted) THEN
-        PERFORM pg_notify('comfyq_job_events', '');
-    END IF;
+    PERFORM pg_notify('comfyq_job_events', '');
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER job_logs_notify_insert
     AFTER INSERT ON job_logs
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION comfyq_notify_job_events();
+    FOR EACH ROW WHEN (NEW.event NOT IN ('claimed', 'queued'))
+    EXECUTE FUNCTION comfyq_notify_job_events();
 
 -- Progress is not logged (a row per half second per job would swamp job_logs): a running job whose progress or
 -- current node changes names itself on a channel of its own, and the events process reads its current state.

@@ -2,7 +2,7 @@
 -- a success, its outputs; `id` is the stream's event id (Last-Event-ID).
 
 -- name: events_listen
-LISTEN comfyq_job_events; LISTEN comfyq_job_progress;
+LISTEN comfyq_job_events; LISTEN comfyq_job_progress; LISTEN comfyq_jobs;
 
 -- name: events_after
 -- The next rows after a cursor, in id order; the caller decides which of them are safe to hand out (gaps).
