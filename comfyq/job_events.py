@@ -208,7 +208,8 @@ class JobEventFeed:
 
     def _catch_up(self) -> None:
         """Read and hand out everything safe past the cursor. A read runs on every wake-up, notification or not:
-        the poll interval is the fallback for a lost notification."""
+        claims send no notification (migration 0017), so their rows come with whatever wakes the feed next, the
+        poll interval at the latest; it is also the fallback for a notification lost with a connection."""
         assert self.cursor is not None
         while True:
             rows = self.log.after(self.cursor.position)

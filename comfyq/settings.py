@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)  # a comment line on an idle stream this often
     events_subscriber_buffer: int = Field(default=256, ge=1)  # events a subscriber may lag behind; then dropped
     events_gap_wait_seconds: float = Field(default=2.0, gt=0)  # how long a missing job_logs id may hold the rest
-    events_poll_seconds: float = Field(default=5.0, gt=0)  # a read even without a notification (one was lost)
+    events_poll_seconds: float = Field(default=1.0, gt=0)  # a read without a notification (claims send none)
     events_wait_max_seconds: float = Field(default=60.0, gt=0)  # the longest ?wait= a request may ask for
     events_stream_secret: str | None = Field(default=None, min_length=32)  # signs stream tokens; unset = random
     events_stream_token_seconds: int = Field(default=60, ge=5, le=3600)  # a stream token is good this long
