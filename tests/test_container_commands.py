@@ -141,7 +141,7 @@ def test_every_comfyq_container_command_runs_from_the_wheel(
         server_url: str) -> None:
     comfyq_services = [name for name, service in compose["services"].items()
                        if str(service.get("image", "")).startswith("comfyq-")]
-    assert sorted(comfyq_services) == ["migrate", "webhook-api", "worker"]
+    assert sorted(comfyq_services) == ["events", "migrate", "webhook-api", "worker"]
     standin, comfyui_url = start_standin(tmp_path, tmp_path / "comfyui-out")
     processes: list[ManagedProcess] = [standin]
     try:
@@ -172,6 +172,14 @@ def test_every_comfyq_container_command_runs_from_the_wheel(
             assert submitted.status_code == 202, submitted.text
             job_id = submitted.json()["id"]
 
+            # events: its command and health check on a free port; it will answer a wait for the job below.
+            events_port = free_port()
+            events = container("events")
+            argv = [part.replace("0.0.0.0:8001", f"127.0.0.1:{events_port}") for part in events.command]
+            processes.append(events.start(argv, r"comfyq events listening on http://"))
+            check = [part.replace(":8001", f":{events_port}") for part in events.healthcheck]
+            assert events.run(check, timeout=30).returncode == 0
+
             # worker: `python worker.py` in /app/worker, its health check, then the job, stored in S3.
             worker = container("worker", COMFYUI_URL=comfyui_url, COMFYQ_METRICS_PORT=str(free_port()))
             assert worker.command == ["python", "worker.py"] and (worker.cwd / "worker.py").is_file()
@@ -186,8 +194,13 @@ def test_every_comfyq_container_command_runs_from_the_wheel(
                 assert answer.status_code == 200, answer.text
                 return dict(answer.json())
 
+            waited = requests.get(f"http://127.0.0.1:{events_port}/jobs/{job_id}?wait=60", timeout=90,
+                                  headers={"Authorization": f"Bearer {dotenv['COMFYQ_API_TOKEN']}"})
+            assert waited.status_code == 200 and waited.json()["status"] == "succeeded", waited.text
             final = wait_until(lambda: (j := job())["status"] in ("succeeded", "failed") and j, 60, "the job")
             assert final["status"] == "succeeded", final
+            assert {k: v for k, v in waited.json().items() if k != "outputs"} == {
+                k: v for k, v in final.items() if k != "outputs"}, "the wait answers the API's JSON"
             assert final["outputs"] and all(o["location"].startswith(f"s3://{bucket}/") for o in final["outputs"])
             worker_proc.signal(signal.SIGTERM)  # `docker compose stop`: SIGTERM (STOPSIGNAL), a clean exit
             assert worker_proc.wait(30) == 0
