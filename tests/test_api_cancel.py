@@ -15,6 +15,7 @@ from werkzeug.test import TestResponse
 from comfyq import tokens
 from comfyq.db import Database
 from comfyq.jobs import JobQueue, NewJob
+from tests.e2e_support import Stack, wait_until
 from tests.support.api_app import api_app, bearer
 from tests.support.openapi_fuzz import GRAPH
 
@@ -149,3 +150,24 @@ def test_an_id_beyond_bigint_is_a_404_not_a_405(client: FlaskClient, db: Databas
                              ("GET", f"/jobs/{number}/logs"), ("POST", f"/jobs/{number}/cancel")):
             assert client.open(path, method=method, headers=headers).status_code == 404, (method, path)
     assert client.delete(f"/jobs/{2**63 - 1}", headers=headers).get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.slow
+def test_delete_stops_a_job_a_real_worker_runs(client: FlaskClient, db: Database, stack: Stack) -> None:
+    """A worker process runs the job on the ComfyUI stand-in (3 s per node); DELETE flags it, the worker hears the
+    cancel and stops the prompt, and the job's history shows the flag and the worker's cancel."""
+    stack.standin("--node-seconds", "3")
+    headers, queue = bearer(db, "acme", "submitter"), JobQueue(db)
+    job_id = new_job(db)
+    stack.worker("w1")
+    wait_until(lambda: (queue.get(job_id, "acme") or {}).get("prompt_id"), 20, "the job to start")
+    worker_id = (queue.get(job_id, "acme") or {})["worker_id"]
+    answer = client.delete(f"/jobs/{job_id}", headers=headers)
+    assert answer.status_code == 200
+    assert answer.get_json() == {"id": job_id, "status": "running", "cancel_requested": True}
+    wait_until(lambda: queue.status(job_id, "acme") == "canceled", 20, "the worker to stop the prompt")
+    history = client.get(f"/jobs/{job_id}/logs", headers=headers).get_json()["logs"]
+    assert [(e["event"], e["worker_id"]) for e in history] == [
+        ("queued", None), ("claimed", worker_id), ("cancel_requested", None), ("canceled", worker_id)]
+    again = client.delete(f"/jobs/{job_id}", headers=headers)
+    assert again.status_code == 409 and again.get_json()["error"]["details"] == {"status": "canceled"}
