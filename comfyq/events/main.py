@@ -21,7 +21,8 @@ from comfyq.storage import build_storage
 log = logging.getLogger(__name__)
 READY_LINE = "comfyq events listening on http://%s:%d"
 API_TIMEOUT_SECONDS = 60.0  # POST /jobs?wait=: a submission of the largest body the API takes
-SHUTDOWN_SECONDS = 2.0  # open streams are cut after this on SIGTERM; clients reconnect with Last-Event-ID
+SHUTDOWN_SECONDS = 2.0
+READY_CHECK_SECONDS = 0.05  # open streams are cut after this on SIGTERM; clients reconnect with Last-Event-ID
 
 
 def split_bind(bind: str) -> tuple[str, int]:
@@ -58,8 +59,12 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        # Streams opened before the feed knows its position could not resume exactly: listen first.
-        await loop.run_in_executor(None, feed.ready.wait)
+        # Streams opened before the feed knows its position could not resume exactly: listen first (a database
+        # that is down at start keeps the port closed until it answers, or until SIGTERM).
+        while not feed.ready.is_set():
+            if stop.is_set():
+                return
+            await asyncio.sleep(READY_CHECK_SECONDS)
         site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN_SECONDS)
         await site.start()
         bound = runner.addresses[0]
