@@ -10,11 +10,11 @@ so the answers are the bytes they were before the models."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from flask import Response as FlaskResponse
 from flask import jsonify
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema
 
 from comfyq.jobs import STATUSES
 from comfyq.tokens import TENANT_PATTERN, Role
@@ -26,13 +26,10 @@ Number = Annotated[int | float, WithJsonSchema({"type": "number"})]  # as given:
 TenantName = Annotated[str, Field(pattern=TENANT_PATTERN)]
 
 
-def _known_status(value: str) -> str:
-    if value not in STATUSES:
-        raise ValueError(f"{value!r} is not a job status")
-    return value
-
-
-Status = Annotated[str, AfterValidator(_known_status), WithJsonSchema({"type": "string", "enum": sorted(STATUSES)})]
+# A Literal, checked in pydantic's core rather than by a Python call per job (10,000 in a batch's answer).
+Status = Annotated[Literal["queued", "running", "succeeded", "failed", "canceled", "expired"],
+                   WithJsonSchema({"type": "string", "enum": sorted(STATUSES)})]
+assert set(get_args(get_args(Status)[0])) == STATUSES, "Status names every job status"
 
 
 class Response(BaseModel):
