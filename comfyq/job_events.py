@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from comfyq.db import Database, Listener, Row
-from comfyq.errors import DatabaseUnavailable
+from comfyq.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ class JobEventFeed:
                                      if channel == PROGRESS_CHANNEL and payload.isdigit()})
                 if progressed:
                     self.publish(self.log.progress(progressed), self._position())
-            except DatabaseUnavailable as exc:
+            except DatabaseError as exc:
+                # Down, or refusing (a schema not migrated yet): either way the thread lives on and tries again,
+                # from the cursor, so nothing is skipped.
                 log.warning("job event feed: %s; reconnecting", exc, extra={"action": "events_feed_down"})
                 if listener is not None:
                     listener.close()

@@ -4,7 +4,10 @@ order), tenant isolation, bounded waits, dropping subscribers that stop reading,
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +21,14 @@ import requests
 from comfyq.db import Database
 from comfyq.events.auth import Caller, StreamTokens
 from comfyq.jobs import JobQueue, NewJob
+from comfyq.migrate import migrate
 from comfyq.processes import ManagedProcess
 from comfyq.settings import PROJECT_ROOT
 from comfyq.stack import start_api
 from comfyq.workflows import load_workflows
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 from tests.support.api_app import bearer
-from tests.support.events_client import SseReader, WsReader, start_events
+from tests.support.events_client import EVENTS_READY, SseReader, WsReader, start_events
 
 pytestmark = pytest.mark.slow
 SECRET = "s" * 40
@@ -356,3 +360,52 @@ def test_a_resume_from_far_back_pages_through_the_log(db: Database, queue: JobQu
         assert received == logged and len(logged) >= 2500
     finally:
         stream.close()
+
+
+def test_an_id_left_by_a_rollback_holds_the_stream_only_for_the_gap_wait(
+        tmp_path: Path, db: Database, queue: JobQueue) -> None:
+    proc, url = start_events(tmp_path / "logs", {"DATABASE_URL": db.url, "COMFYQ_EVENTS_GAP_WAIT_SECONDS": "0.5",
+                                                 "COMFYQ_EVENTS_HEARTBEAT_SECONDS": "0.3"})
+    try:
+        job_id = queue.enqueue(_job())["id"]
+        live = Collector(SseReader(f"{url}/events", bearer(db, "default", "submitter")))
+        live.start()
+        time.sleep(0.3)
+        with db.session() as session, contextlib.suppress(RuntimeError), session.transaction():
+            lost = session.fetch_one("test_log_event", {"job_id": job_id, "message": "rolled back"})
+            raise RuntimeError("roll back")
+        kept = db.fetch_one("test_log_event", {"job_id": job_id, "message": "kept"})
+        assert lost is not None and kept is not None and kept["id"] > lost["id"]
+        started = time.monotonic()
+        wait_until(lambda: kept["id"] in live.ids, 10, "the row after the gap")
+        assert time.monotonic() - started >= 0.3, "held back while the gap might still fill"
+        assert lost["id"] not in live.ids
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+        assert "comfyq_events_gap_ids_skipped_total 1.0" in metrics
+        live.stop()
+    finally:
+        proc.stop(timeout=10)
+
+
+def test_the_events_process_waits_for_a_schema_and_then_serves(tmp_path: Path, fresh_database: str) -> None:
+    """Started before `comfyq migrate` (compose starts both at once on a fresh volume): its port stays closed
+    while the tables are missing, and it serves once they exist, instead of losing its feed thread."""
+    proc = ManagedProcess("comfyq-events", [sys.executable, "-m", "comfyq.cli", "events", "--bind", "127.0.0.1:0"],
+                          env={**os.environ, "DATABASE_URL": fresh_database, "PYTHONUNBUFFERED": "1"},
+                          log_path=tmp_path / "comfyq-events.log")
+    proc.start()
+    try:
+        proc.wait_for("events_feed_down", timeout=30)
+        db = Database(fresh_database, PROJECT_ROOT / "sql")
+        try:
+            migrate(db, PROJECT_ROOT / "sql" / "migrations")
+            match = proc.wait_for(EVENTS_READY, timeout=30)
+            headers = bearer(db, "default", "submitter")
+            job_id = JobQueue(db).enqueue(_job())["id"]
+            stream = SseReader(f"{match.group(1)}/jobs/{job_id}/events", headers)
+            assert next(stream.events()).event == "snapshot"
+            stream.close()
+        finally:
+            db.close()
+    finally:
+        proc.stop(timeout=10)
