@@ -12,6 +12,7 @@ it sees a late commit exactly once, in id order. docs/events.md says what the bo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -162,6 +163,7 @@ class JobEventFeed:
         self.gap_wait = gap_wait
         self.cursor: GapCursor | None = None
         self._closing = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()  # close() ends the wait on the LISTEN socket at once
         self._thread = threading.Thread(target=self._run, name="job-event-feed", daemon=True)
         self.ready = threading.Event()  # set once the cursor is known and the channel is listened to
 
@@ -171,7 +173,10 @@ class JobEventFeed:
 
     def close(self) -> None:
         self._closing.set()
+        os.write(self._wake_write, b"x")
         self._thread.join(timeout=self.poll_seconds + 2)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
     def _run(self) -> None:
         listener: Listener | None = None
@@ -188,7 +193,7 @@ class JobEventFeed:
                 else:
                     wait = self.gap_poll_seconds if self.cursor is not None and self.cursor.waiting \
                         else self.poll_seconds
-                    received = listener.notifications(wait)
+                    received = listener.notifications(wait, (self._wake_read,))
                     self._catch_up()
                 progressed = sorted({int(payload) for channel, payload in received
                                      if channel == PROGRESS_CHANNEL and payload.isdigit()})
