@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from comfyq.db import Database
+from comfyq.errors import DatabaseError
 from comfyq.events.auth import Caller, StreamTokens
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.migrate import migrate
@@ -29,6 +30,7 @@ from comfyq.workflows import load_workflows
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 from tests.support.api_app import bearer
 from tests.support.events_client import EVENTS_READY, SseReader, WsReader, start_events
+from tests.support.private_pg import private_postgres
 
 pytestmark = pytest.mark.slow
 SECRET = "s" * 40
@@ -409,3 +411,35 @@ def test_the_events_process_waits_for_a_schema_and_then_serves(tmp_path: Path, f
             db.close()
     finally:
         proc.stop(timeout=10)
+
+
+def test_a_database_restart_delays_events_but_loses_none(tmp_path: Path) -> None:
+    """The feed's connection dies with the server; it reconnects and reads on from its cursor, so a stream that
+    stayed open gets the events written meanwhile, late but in order, without reconnecting."""
+    with private_postgres() as pg:
+        proc, url = start_events(tmp_path / "logs", {"DATABASE_URL": pg.url, "COMFYQ_EVENTS_HEARTBEAT_SECONDS": "0.3",
+                                                     "COMFYQ_TOKEN_CACHE_SECONDS": "600"})
+        db = Database(pg.url, PROJECT_ROOT / "sql")
+        try:
+            queue = JobQueue(db)
+            live = Collector(SseReader(f"{url}/events", bearer(db, "default", "submitter")))
+            live.start()
+            before = queue.enqueue(_job())["id"]
+            wait_until(lambda: any(m["job_id"] == before for m in live.messages), 10, "the first event")
+            pg.restart("fast")
+            after = wait_until(lambda: _enqueue_when_up(queue), 30, "the database back")
+            wait_until(lambda: any(m["job_id"] == after for m in live.messages), 30, "the event after the restart")
+            assert proc.running() and not live.closed.is_set()
+            ids = [i for i in live.ids if i is not None]
+            assert ids == sorted(set(ids))
+            live.stop()
+        finally:
+            db.close()
+            proc.stop(timeout=10)
+
+
+def _enqueue_when_up(queue: JobQueue) -> int | None:
+    try:
+        return int(queue.enqueue(_job())["id"])
+    except DatabaseError:
+        return None
