@@ -166,10 +166,16 @@ class Stream:
 
     async def run(self) -> None:
         services = self.services
-        subscriber = services.hub.subscribe(self.interest, self.kind, self.abort)
-        self.subscriber = subscriber
+        after = _last_event_id(self.request)
+        subscriber = None
         try:
-            if await self._opening(subscriber):
+            if after is not None:
+                subscriber = await self._replay(after)
+            else:
+                subscriber = self._subscribe()
+                if await self._snapshot(subscriber):
+                    return
+            if subscriber is None:
                 return
             heartbeat = services.settings.events_heartbeat_seconds
             while True:
@@ -185,43 +191,47 @@ class Stream:
                 if self.interest.job_id is not None and event.final:
                     return
         finally:
-            services.hub.unsubscribe(subscriber)
+            if subscriber is not None:
+                services.hub.unsubscribe(subscriber)
 
-    async def _opening(self, subscriber: Subscriber) -> bool:
-        """The snapshot (per-job, fresh) or the missed events (resume); True when the stream is already over."""
+    def _subscribe(self) -> Subscriber:
+        self.subscriber = self.services.hub.subscribe(self.interest, self.kind, self.abort)
+        return self.subscriber
+
+    async def _replay(self, after: int) -> Subscriber | None:
+        """A resume: the events after `after` from the database, page by page, up to the feed's position, and a
+        subscription made in the same step of the loop that finds the replay caught up, so the live events
+        start exactly where the database pages end. Until then nothing is buffered for this stream, however
+        long the replay takes. None when a per-job replay reached the job's end."""
         services, interest = self.services, self.interest
-        after = _last_event_id(self.request)
+        position = after
+        while True:
+            upto = services.hub.position
+            if position >= upto:
+                return self._subscribe()
+            missed = await _blocking(functools.partial(services.events.between, interest.tenant, position, upto,
+                                                       interest.job_id))
+            for event in missed:
+                if interest.matches(event):
+                    await self.send(self.message(event), event.id)
+                    if interest.job_id is not None and event.final:
+                        return None
+            position = int(missed[-1].id or upto) if len(missed) >= READ_LIMIT else upto
+
+    async def _snapshot(self, subscriber: Subscriber) -> bool:
+        """A per-job stream's first message; True when the job is already over (or gone)."""
+        services, interest = self.services, self.interest
         job_id = interest.job_id
-        row = None
-        if job_id is not None:
-            row = await _blocking(lambda: services.events.snapshot(job_id, interest.tenant))
-            if row is None:
-                return True  # checked before the response started; gone since (retention)
-        if after is not None:
-            upto = subscriber.start
-            position = after
-            while position < upto:
-                missed = await _blocking(functools.partial(services.events.between, interest.tenant, position, upto,
-                                                           job_id))
-                for event in missed:
-                    if interest.matches(event):
-                        await self.send(self.message(event), event.id)
-                        if job_id is not None and event.final:
-                            return True
-                if len(missed) < READ_LIMIT:
-                    break
-                position = int(missed[-1].id or upto)
-            if row is not None and row["status"] in FINAL_STATUSES and (row["last_event_id"] or 0) <= max(
-                    after, upto):
-                return True  # resumed after the end: nothing more will come
+        if job_id is None:
             return False
-        if row is not None:
-            self.skip_upto = int(row["last_event_id"] or 0)
-            job = present_job(row, services.storage, services.settings.s3_presign_seconds, _base_url(self.request))
-            await self.send({"event": "snapshot", "job_id": job_id, "status": row["status"], "job": job},
-                            max(subscriber.start, self.skip_upto))
-            return bool(row["status"] in FINAL_STATUSES)
-        return False
+        row = await _blocking(lambda: services.events.snapshot(job_id, interest.tenant))
+        if row is None:
+            return True  # checked before the response started; gone since (retention)
+        self.skip_upto = int(row["last_event_id"] or 0)
+        job = present_job(row, services.storage, services.settings.s3_presign_seconds, _base_url(self.request))
+        await self.send({"event": "snapshot", "job_id": job_id, "status": row["status"], "job": job},
+                        max(subscriber.start, self.skip_upto))
+        return bool(row["status"] in FINAL_STATUSES)
 
 
 class SseStream(Stream):
