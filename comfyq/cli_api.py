@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from comfyq import cli_watch
 from comfyq.client import ApiCallFailed, ApiClient
+from comfyq.event_stream import LostContact
 from comfyq.settings import get_settings
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_API, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -121,8 +122,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         emit(args, submitted, f"submitted {len(submitted)} jobs: ids {submitted[0]['id']}..{submitted[-1]['id']}")
         return EXIT_OK
+    ids = [job["id"] for job in submitted]
     try:
-        final = wait_for(api, [job["id"] for job in submitted], args.timeout, quiet=args.json)
+        cli_watch.follow_all(cli_watch.events_url(args), args.token or get_settings().api_token, ids,
+                             args.timeout if args.wait is True else args.wait, args)
+        final = [api.job(job_id) for job_id in ids]  # the jobs as the API shows them, with output URLs
+    except LostContact as exc:
+        sys.stderr.write(f"comfyq submit: {exc}\n")
+        return cli_watch.EXIT_NO_CONTACT
     except ApiCallFailed as exc:
         api_failed("submit", exc)
         return EXIT_API
@@ -130,29 +137,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
              "output": (j["outputs"][0].get("url") or j["outputs"][0].get("location")) if j["outputs"]
              else (j.get("error") or {}).get("message", "")} for j in final]
     emit(args, final, render_table(rows, ["id", "status", "attempts", "priority", "output"]))
-    return EXIT_OK if all(j["status"] == "succeeded" for j in final) else EXIT_JOBS_FAILED
+    return wait_exit_code([j["status"] for j in final])
 
 
-def wait_for(api: ApiClient, ids: list[int], timeout: float, *, quiet: bool) -> list[dict[str, Any]]:
-    """Poll until every job is final (or the timeout), drawing a progress bar on stderr."""
-    deadline = time.monotonic() + timeout
-    states: dict[int, dict[str, Any]] = {}
-    while True:
-        for job_id in ids:
-            if states.get(job_id, {}).get("status") not in TERMINAL:
-                states[job_id] = api.job(job_id)
-        done = sum(1 for s in states.values() if s["status"] in TERMINAL)
-        failed = sum(1 for s in states.values() if s["status"] in TERMINAL - {"succeeded"})
-        if not quiet:
-            width = 30
-            filled = int(width * done / len(ids))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(ids)} done, {failed} failed ")
-            sys.stderr.flush()
-        if done == len(ids) or time.monotonic() > deadline:
-            if not quiet:
-                sys.stderr.write("\n")
-            return [states[job_id] for job_id in ids]
-        time.sleep(0.5)
+def wait_exit_code(statuses: list[str]) -> int:
+    """One job: its own code (cli_watch.EXIT_BY_STATUS). Several: 0 when all succeeded, else 1."""
+    if len(statuses) == 1:
+        return cli_watch.EXIT_BY_STATUS.get(statuses[0], EXIT_JOBS_FAILED)
+    return EXIT_OK if all(status == "succeeded" for status in statuses) else EXIT_JOBS_FAILED
 
 
 def describe_job(job: dict[str, Any]) -> str:
@@ -231,7 +223,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     submit = sub.add_parser("submit", parents=[common], help="submit a file of prompts (one per line) or JSONL jobs",
                             description="Exit codes: 0 all submitted (with --wait: all succeeded), 1 some jobs "
-                            "did not succeed, 2 bad input, 3 the API refused or could not be reached.")
+                            "did not succeed, 2 bad input, 3 the API refused or could not be reached. With "
+                            "--wait and one job, its end: 0 succeeded, 5 failed, 6 canceled, 7 expired; 8 no "
+                            "contact with the events process.")
     submit.add_argument("file", help="a file of prompts, one per line, or of JSONL job objects")
     submit.add_argument("--workflow", default="txt2img", help="template for plain-text lines (default txt2img)")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -239,12 +233,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     submit.add_argument("--priority", type=int, help="priority of jobs that do not set one")
     submit.add_argument("--batch-size", type=int, default=1000, help="jobs per API call (default 1000)")
     submit.add_argument("--idempotency-key", help="makes re-running the same submit safe")
-    submit.add_argument("--wait", action="store_true", help="wait until every job is final, with a progress bar")
-    submit.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
+    submit.add_argument("--wait", nargs="?", const=True, type=float, metavar="SECONDS",
+                        help="follow the jobs' event streams until every job is final (at most SECONDS, default "
+                        "--timeout), printing transitions on stderr")
+    submit.add_argument("--timeout", type=float, default=3600, help="seconds to wait with a bare --wait")
+    cli_watch.add_options(submit)
     submit.set_defaults(func=cmd_submit)
 
     sub.add_parser("status", parents=[common], help="queue depth by status and priority, workers alive").set_defaults(
         func=cmd_status)
+
+    cli_watch.add_command(sub, common)
 
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or show one with its id")
     jobs.add_argument("id", nargs="?", type=int, help="one job's id (omit to list jobs)")

@@ -168,6 +168,7 @@ class Settings(BaseSettings):
     events_stream_secret: str | None = Field(default=None, min_length=32)  # signs stream tokens; unset = random
     events_stream_token_seconds: int = Field(default=60, ge=5, le=3600)  # a stream token is good this long
     events_api_url: str = "http://127.0.0.1:8000"  # where POST /jobs?wait= hands the submission to the API
+    events_url: str | None = None  # where the CLI (watch, submit --wait) reads job streams; unset = api_url
 
     log_level: str = "INFO"
 

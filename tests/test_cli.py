@@ -12,14 +12,16 @@ import pytest
 
 from comfyq.stack import start_api
 from tests.e2e_support import Stack
+from tests.support.events_client import start_events
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "cli-test-token-0123456789abcdefghijklmnop"
 
 
-def run_cli(stack: Stack, api: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": TOKEN, "DATABASE_URL": stack.db_url}
+def run_cli(stack: Stack, api: str, *args: str, events: str = "") -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "COMFYQ_API_URL": api, "COMFYQ_API_TOKEN": TOKEN, "DATABASE_URL": stack.db_url,
+           "COMFYQ_EVENTS_URL": events}
     return subprocess.run([sys.executable, "-m", "comfyq.cli", *args], env=env, capture_output=True, text=True,
                           timeout=180)
 
@@ -29,17 +31,19 @@ def test_submit_a_file_and_wait_for_every_job(stack: Stack, tmp_path: Path) -> N
     proc, api = start_api(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_API_TOKEN": TOKEN}, workers=1)
     stack.processes.append(proc)
     stack.worker("w1")
+    events_proc, events = start_events(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_API_TOKEN": TOKEN})
+    stack.processes.append(events_proc)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# a comment\na red fox\n\na lighthouse at dawn\n"
                        '{"workflow": "txt2img", "params": {"prompt": "jsonl job", "steps": 3}, "priority": 9}\n')
     result = run_cli(stack, api, "submit", str(prompts), "--param", "steps=4", "--param", "width=64",
-                     "--param", "height=64", "--wait", "--json")
+                     "--param", "height=64", "--wait", "--json", events=events)
     assert result.returncode == 0, result.stderr
     jobs = json.loads(result.stdout)
     assert [job["status"] for job in jobs] == ["succeeded"] * 3
     assert jobs[0]["params"]["steps"] == 4 and jobs[2]["priority"] == 9
 
-    table = run_cli(stack, api, "submit", str(prompts), "--param", "steps=2", "--wait")
+    table = run_cli(stack, api, "submit", str(prompts), "--param", "steps=2", "--wait", events=events)
     assert table.returncode == 0 and "succeeded" in table.stdout and "done, 0 failed" in table.stderr
 
     status = run_cli(stack, api, "status", "--json")
