@@ -73,12 +73,14 @@ class JobEventFollower:
         self.last_id: int | None = None
         self.state = FollowState.CONNECTING
         self.last_status: str | None = None
+        self.received = 0  # events read on the current connection
 
     def events(self) -> Iterator[JobEvent]:
         last_contact = time.monotonic()
         failures = 0
         while self.state is FollowState.CONNECTING:
             error: str
+            self.received = 0
             try:
                 yield from self._one_connection()
                 if not self._streaming():
@@ -92,8 +94,9 @@ class JobEventFollower:
                 error = f"cannot reach {self.url}: {exc.__class__.__name__}"
                 if self._streaming():
                     last_contact = time.monotonic()
-            if self._streaming():
-                failures = 0  # it worked until now: start the backoff over
+            if self.received:
+                failures = 0  # events came through: start the backoff over (a stream that opens and closes
+                # at once, with nothing in it, keeps backing off)
             self.state = FollowState.CONNECTING
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.state = FollowState.OUT_OF_TIME
@@ -124,6 +127,7 @@ class JobEventFollower:
             self.state = FollowState.STREAMING
             for raw in sseclient.SSEClient(self._until_deadline(response)).events():
                 event = JobEvent(raw.event, int(raw.id) if raw.id else None, json.loads(raw.data))
+                self.received += 1
                 if event.id is not None:
                     self.last_id = event.id
                 if event.status is not None:

@@ -19,6 +19,8 @@ import re
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -429,6 +431,28 @@ def test_streams_and_waits_go_to_the_events_process_unbuffered(events_door: int,
         assert tenant_stream.response.status_code == 200
     finally:
         tenant_stream.close()
+
+
+@pytest.mark.slow
+def test_comfyq_watch_reads_the_stream_at_the_api_url_behind_nginx(
+        events_door: int, queue: JobQueue, tmp_path: Path) -> None:
+    """Only COMFYQ_API_URL set: the watch opens the stream at the front door, and a cancel ends it with 6."""
+    job_id = queue.enqueue(NewJob(graph={"1": {}}))["id"]
+    out = tmp_path / "watch.out"
+    env = {"PATH": "/usr/bin:/bin", "COMFYQ_API_URL": f"http://127.0.0.1:{events_door}", "COMFYQ_API_TOKEN": TOKEN}
+    with out.open("w") as stdout:
+        watch = subprocess.Popen([sys.executable, "-m", "comfyq.cli", "watch", str(job_id)], env=env, stdout=stdout,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: out.read_text(), 20, "the snapshot")
+        queue.cancel(job_id, "default")
+        assert watch.wait(30) == 6
+        assert "(the API's URL)" in (watch.stderr.read() if watch.stderr else "")
+        assert "  canceled  canceled" in out.read_text().splitlines()[-1]
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
 
 
 @pytest.mark.slow
