@@ -77,9 +77,10 @@ n8n-stop: ## Stop the n8n started by `make n8n`
 test: n8n-install system-tools
 
 .PHONY: system-tools
-system-tools: ## Install and start what tests call: promtool (Debian's prometheus), nginx, a Redis on 127.0.0.1:6379
+system-tools: ## Install and start what tests call: promtool (Debian's prometheus), nginx, chromium, a Redis on 127.0.0.1:6379
 	@command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -q && apt-get install -y -q --no-install-recommends nginx; }
+	@test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
 	  command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }; \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; }

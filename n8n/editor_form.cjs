@@ -6,7 +6,13 @@
 //     canvas does on load (every default a node's current version shows is filled in);
 //   * Filter and If conditions take the typeValidation their "looseTypeValidation" option implies, as the
 //     conditions component writes it back when it is shown;
+//   * a Resource Mapper parameter (Execute Workflow's "Workflow Inputs") takes the full value its component
+//     writes back when the node's panel opens (schema, matching columns, type conversion options, values);
+//   * every position goes to the canvas's 16 px grid, as the canvas puts it when it loads a workflow (the next
+//     save writes it);
 //   * settings get binaryMode "separate", the editor's default for a workflow without one.
+// What the editor loads from the server when a panel opens (a sub-workflow's declared inputs) is not known here:
+// tests/n8n/test_editor_round_trip.py opens every node in the real editor and would see it.
 // Runs on the Node of the pinned n8n (n8n/node_modules/.bin/node) with that n8n's own packages.
 //
 //   node n8n/editor_form.cjs FILE...            rewrite the files in place
@@ -37,14 +43,65 @@ function conditionsTypeValidation(node) {
   conditions.options = { ...(conditions.options || {}), typeValidation: loose ? 'loose' : 'strict' };
 }
 
+// The ResourceMapper component (n8n-editor-ui) on mount: its initial state, the stored value over it, then what
+// loading the fields does (here: the schema stored, as the server's fields are not known): matching columns
+// from the schema when none, values from the fields' defaults when none, and no null or unknown value.
+function resourceMapperForm(property, stored) {
+  const options = (property.typeOptions && property.typeOptions.resourceMapper) || {};
+  const mapper = {
+    mappingMode: 'defineBelow', value: {}, matchingColumns: [], schema: [], attemptToConvertTypes: false,
+    convertFieldsToString: options.showTypeConversionOptions === true,
+    ...(stored && typeof stored === 'object' ? stored : {}),
+  };
+  if (!Array.isArray(mapper.schema)) mapper.schema = [];
+  if (!Array.isArray(mapper.matchingColumns) || mapper.matchingColumns.length === 0) {
+    mapper.matchingColumns = mapper.schema.length === 1 ? [mapper.schema[0].id]
+      : mapper.schema.filter((field) => field.defaultMatch).map((field) => field.id);
+  }
+  if (!mapper.value || Object.keys(mapper.value).length === 0) {
+    mapper.value = {};
+    for (const field of mapper.schema) {
+      const fallback = field.type === 'boolean' ? false : null;
+      const preset = field.defaultValue === undefined ? fallback : field.defaultValue;
+      mapper.value[field.id] = field.removed ? null : preset;
+    }
+  }
+  const ids = new Set(mapper.schema.map((field) => field.id));
+  for (const key of Object.keys(mapper.value)) {
+    if (mapper.value[key] === null || !ids.has(key)) delete mapper.value[key];
+  }
+  return mapper;
+}
+
+function resourceMappers(node, type) {
+  for (const property of type.properties) {
+    if (property.type !== 'resourceMapper' || !(property.name in node.parameters)) continue;
+    if (!NodeHelpers.displayParameter(node.parameters, property, node, type)) continue;
+    node.parameters[property.name] = resourceMapperForm(property, node.parameters[property.name]);
+  }
+}
+
+// n8n-editor-ui's closestNumberDivisibleBy(value, GRID_SIZE), which the workflows store applies to every node's
+// position when it sets a workflow's nodes: a negative value goes to the nearest multiple (a tie away from zero),
+// a positive one up to the next.
+const GRID_SIZE = 16;
+function onGrid(value) {
+  const quotient = Math.ceil(value / GRID_SIZE);
+  const first = GRID_SIZE * quotient;
+  const second = value * GRID_SIZE > 0 ? GRID_SIZE * (quotient + 1) : GRID_SIZE * (quotient - 1);
+  return Math.abs(value - first) < Math.abs(value - second) ? first : second;
+}
+
 function editorForm(workflow) {
   const out = JSON.parse(JSON.stringify(workflow));
   for (const node of out.nodes || []) {
+    if (Array.isArray(node.position)) node.position = node.position.map(onGrid);
     const type = description(node.type, node.typeVersion);
     if (type === null) continue;
     node.parameters = NodeHelpers.getNodeParameters(type.properties, node.parameters || {}, true, false, node,
       type) || {};
     conditionsTypeValidation(node);
+    resourceMappers(node, type);
   }
   out.settings = { binaryMode: 'separate', ...(out.settings || {}) };
   return out;
