@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from comfyq.db import Database, Row
 
@@ -17,6 +19,8 @@ Role = Literal["submitter", "admin", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)
 PREFIX_LENGTH = 11  # "cq_" + 8 characters: enough to name a token in lists and revocations
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # the tenants_name_format constraint (migration 0003)
+CALLER_CACHE_MAX = 10_000  # entries; past it the cache starts over, so made-up tokens cannot grow it
+T = TypeVar("T")
 
 
 def rank(role: str) -> int:
@@ -131,3 +135,34 @@ def public(row: Row) -> dict[str, Any]:
     """A row as shown outside: never a token's hash, times in ISO 8601 (Flask would write the HTTP date format)."""
     return {key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in row.items()
             if key != "token_hash"}
+
+
+def is_bootstrap(token: str, bootstrap: str | None) -> bool:
+    """Whether token is the deployment's COMFYQ_API_TOKEN (compared in constant time)."""
+    return bool(bootstrap) and hmac.compare_digest(token.encode(), (bootstrap or "").encode())
+
+
+class CallerCache(Generic[T]):
+    """Bearer token -> the caller it resolved to (None: an unknown token), for a number of seconds, keyed by the
+    token's hash: a revoked token stops working within that time. One per process, shared by the API's threads
+    and the events process's loop (hence the lock)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, T | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> tuple[bool, T | None]:
+        """(known, caller): known is False when the token was never resolved or its entry expired."""
+        with self._lock:
+            hit = self._entries.get(hash_token(token))
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def put(self, token: str, caller: T | None, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) > CALLER_CACHE_MAX:
+                self._entries.clear()
+            self._entries[hash_token(token)] = (time.monotonic() + seconds, caller)

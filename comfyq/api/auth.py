@@ -7,7 +7,6 @@ minute per process, with how many uses it stands for) and the settings refuse a 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -42,8 +41,7 @@ class Caller:
         return self.role == "operator"
 
 
-_cache: dict[str, tuple[float, Caller | None]] = {}
-_cache_lock = threading.Lock()
+_cache: tokens.CallerCache[Caller] = tokens.CallerCache()
 
 
 class UseLog:
@@ -83,7 +81,7 @@ def _unauthorized(message: str = "a valid 'Authorization: Bearer <token>' header
 
 
 def _resolve(token: str, settings: Settings) -> Caller | None:
-    if settings.api_token and hmac.compare_digest(token.encode(), settings.api_token.encode()):
+    if tokens.is_bootstrap(token, settings.api_token):
         limits = tokens.tenant_limits(services().db, settings.api_tenant) or {}
         return Caller(tenant=settings.api_tenant, role="operator", allow_raw_graphs=True,
                       max_queued_jobs=limits.get("max_queued_jobs"), rate_per_second=limits.get("rate_per_second"),
@@ -105,19 +103,10 @@ def require_token(role: str = "submitter") -> Caller:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized()
     settings: Settings = current_app.config["COMFYQ_SETTINGS"]
-    key = tokens.hash_token(token)
-    now = time.monotonic()
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None and cached[0] > now:
-        caller = cached[1]
-    else:
+    known, caller = _cache.get(token)
+    if not known:
         caller = _resolve(token, settings)
-        if settings.token_cache_seconds > 0:
-            with _cache_lock:
-                if len(_cache) > 10_000:
-                    _cache.clear()
-                _cache[key] = (now + settings.token_cache_seconds, caller)
+        _cache.put(token, caller, settings.token_cache_seconds)
     if caller is None:
         raise _unauthorized()
     if caller.bootstrap:

@@ -35,33 +35,26 @@ class Unauthorized(Exception):
 
 
 class TokenCache:
-    """Bearer token -> Caller (or None for an unknown one), for token_cache_seconds: a revoked token stops
-    working within that time, as in the API."""
+    """Bearer token -> Caller (or None for an unknown one), for token_cache_seconds, in the core's CallerCache."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._cache: tokens.CallerCache[Caller] = tokens.CallerCache()
 
     def cached(self, token: str) -> tuple[bool, Caller | None]:
         """(known, caller) without touching the database."""
-        hit = self._cache.get(tokens.hash_token(token))
-        if hit is not None and hit[0] > time.monotonic():
-            return True, hit[1]
-        return False, None
+        return self._cache.get(token)
 
     def resolve(self, token: str) -> Caller | None:
         """Blocking (a database read): run it off the event loop."""
         settings = self.settings
-        if settings.api_token and hmac.compare_digest(token.encode(), settings.api_token.encode()):
+        if tokens.is_bootstrap(token, settings.api_token):
             caller: Caller | None = Caller(settings.api_tenant, "operator")
         else:
             row = tokens.lookup(self.db, token)
             caller = None if row is None else Caller(row["tenant"], row["role"])
-        if settings.token_cache_seconds > 0:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[tokens.hash_token(token)] = (time.monotonic() + settings.token_cache_seconds, caller)
+        self._cache.put(token, caller, settings.token_cache_seconds)
         return caller
 
 
