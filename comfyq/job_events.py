@@ -17,8 +17,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import orjson
 from prometheus_client import Counter
 
 from comfyq.db import Database, Listener, Row
@@ -51,6 +53,12 @@ class JobEvent:
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @cached_property
+    def json(self) -> bytes:
+        """The body as JSON, encoded once however many subscribers it goes to (a tenant-wide event reaches every
+        stream of the tenant)."""
+        return orjson.dumps(self.body, default=str)
 
 
 def _iso(value: Any) -> Any:

@@ -74,3 +74,21 @@ def test_interest_filters_by_job_status_and_workflow() -> None:
     assert not Interest("a", statuses=frozenset({"running"})).matches(_event(1))
     assert Interest("a", workflows=frozenset({"txt2img"})).matches(_event(1))
     assert not Interest("b").matches(_event(1))
+
+
+def test_a_stream_behind_gets_everything_buffered_in_order_at_once() -> None:
+    async def scenario() -> None:
+        hub = Hub(buffer=10)
+        reader = hub.subscribe(Interest("a"), "sse")
+        hub.publish([_event(1), _event(2), _event(3)], 3)
+        first = await reader.next(0.1)
+        assert first is not None and first.id == 1
+        assert [event.id for event in reader.drain()] == [2, 3]
+        assert reader.drain() == [] and await reader.next(0.01) is None
+    asyncio.run(scenario())
+
+
+def test_an_event_is_encoded_once_for_all_its_streams() -> None:
+    event = _event(7)
+    assert event.json == b'{"id":7}'
+    assert event.json is event.json, "the second stream reuses the first one's bytes"

@@ -17,9 +17,10 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import ClientError, ClientSession, WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,6 +39,24 @@ T = TypeVar("T")
 STATUSES = frozenset({"queued", "running", "succeeded", "failed", "canceled", "expired"})
 
 
+class RenderedSuccesses:
+    """Success messages with their outputs' download URLs, by (event id, host). A tenant-wide success reaches
+    every stream of the tenant; signing its URLs once per stream would cost a presign each. Bounded (oldest out);
+    owned by the loop."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._items: dict[tuple[int, str], bytes] = {}
+
+    def get(self, key: tuple[int, str], render: Callable[[], bytes]) -> bytes:
+        found = self._items.get(key)
+        if found is None:
+            found = self._items[key] = render()
+            if len(self._items) > self._size:
+                del self._items[next(iter(self._items))]
+        return found
+
+
 @dataclass
 class EventsServices:
     """What the handlers share; built once per process by comfyq.events.main."""
@@ -50,6 +69,7 @@ class EventsServices:
     stream_tokens: StreamTokens
     storage: Storage
     api: ClientSession  # to the API (COMFYQ_EVENTS_API_URL), for POST /jobs?wait=
+    successes: RenderedSuccesses = field(default_factory=RenderedSuccesses)
 
 
 SERVICES = web.AppKey("services", EventsServices)
@@ -143,15 +163,30 @@ class Stream:
         self.subscriber: Subscriber | None = None
         self.skip_upto = 0  # live events of the job at or below this are in the snapshot already
 
-    def message(self, event: JobEvent) -> dict[str, Any]:
-        body = dict(event.body)
-        if event.status == "succeeded":
-            settings = self.services.settings
-            body["outputs"] = present_outputs(event.job_id, event.outputs, self.services.storage,
-                                              settings.s3_presign_seconds, _base_url(self.request))
-        return body
+    def encode(self, event: JobEvent) -> bytes:
+        """The message's JSON: the event's own, encoded once for every stream, or for a success the same with its
+        outputs' download URLs for this request's host."""
+        if event.status != "succeeded":
+            return event.json
+        base_url = _base_url(self.request)
+        services = self.services
+
+        def render() -> bytes:
+            outputs = present_outputs(event.job_id, event.outputs, services.storage,
+                                      services.settings.s3_presign_seconds, base_url)
+            return orjson.dumps({**event.body, "outputs": outputs}, default=str)
+
+        if event.id is None:
+            return render()
+        return services.successes.get((event.id, base_url), render)
 
     async def send(self, message: dict[str, Any], event_id: int | None) -> None:
+        """One message built here (the snapshot)."""
+        raise NotImplementedError
+
+    async def send_events(self, events: list[JobEvent]) -> None:
+        """Events in order; a stream that fell behind gets all it missed in one write where the transport
+        allows."""
         raise NotImplementedError
 
     async def heartbeat(self) -> None:
@@ -185,10 +220,16 @@ class Stream:
                 if event is None:
                     await self.heartbeat()
                     continue
-                if event.id is not None and event.id <= self.skip_upto:
-                    continue
-                await self.send(self.message(event), event.id)
-                if self.interest.job_id is not None and event.final:
+                batch = []
+                for pending in (event, *subscriber.drain()):
+                    if pending.id is not None and pending.id <= self.skip_upto:
+                        continue
+                    batch.append(pending)
+                    if self.interest.job_id is not None and pending.final:
+                        break
+                if batch:
+                    await self.send_events(batch)
+                if self.interest.job_id is not None and batch and batch[-1].final:
                     return
         finally:
             if subscriber is not None:
@@ -213,7 +254,7 @@ class Stream:
                                                        interest.job_id))
             for event in missed:
                 if interest.matches(event):
-                    await self.send(self.message(event), event.id)
+                    await self.send_events([event])
                     if interest.job_id is not None and event.final:
                         return None
             position = int(missed[-1].id or upto) if len(missed) >= READ_LIMIT else upto
@@ -254,6 +295,12 @@ class SseStream(Stream):
         data = json.dumps(message, separators=(",", ":"), default=str)
         await self.response.write(f"{head}event: {message['event']}\ndata: {data}\n\n".encode())
 
+    async def send_events(self, events: list[JobEvent]) -> None:
+        await self.response.write(b"".join(
+            (b"id: %d\n" % event.id if event.id is not None else b"")
+            + b"event: " + event.event.encode() + b"\ndata: " + self.encode(event) + b"\n\n"
+            for event in events))
+
     async def heartbeat(self) -> None:
         await self.response.write(b": heartbeat\n\n")
 
@@ -286,6 +333,10 @@ class WsStream(Stream):
 
     async def send(self, message: dict[str, Any], event_id: int | None) -> None:
         await self.ws.send_str(json.dumps(message, separators=(",", ":"), default=str))
+
+    async def send_events(self, events: list[JobEvent]) -> None:
+        for event in events:
+            await self.ws.send_frame(self.encode(event), WSMsgType.TEXT)
 
     async def heartbeat(self) -> None:
         return  # the WebSocket's own ping frames (heartbeat=) keep it open

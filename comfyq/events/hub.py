@@ -87,6 +87,14 @@ class Subscriber:
             return None
         return self._buffer.popleft()
 
+    def drain(self) -> list[JobEvent]:
+        """Every event buffered after the one `next` gave, so a stream that fell behind writes them at once."""
+        if self.state is not SubscriberState.LIVE:
+            return []
+        events = list(self._buffer)
+        self._buffer.clear()
+        return events
+
 
 SUBSCRIBERS = Gauge("comfyq_events_subscribers", "Open event streams and waits of this process", ["kind"])
 DROPPED = Counter("comfyq_events_dropped_total", "Subscribers dropped for falling behind their buffer")
