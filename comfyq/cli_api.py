@@ -12,7 +12,6 @@ from typing import Any
 
 from comfyq import cli_watch
 from comfyq.client import ApiCallFailed, ApiClient
-from comfyq.event_stream import LostContact
 from comfyq.settings import get_settings
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_USAGE, EXIT_API, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -119,25 +118,48 @@ def cmd_submit(args: argparse.Namespace) -> int:
         api_failed("submit", exc)
         sys.stderr.write(f"{len(submitted)} of {len(jobs)} jobs were submitted before the error\n")
         return EXIT_API
-    if not args.wait:
-        emit(args, submitted, f"submitted {len(submitted)} jobs: ids {submitted[0]['id']}..{submitted[-1]['id']}")
-        return EXIT_OK
     ids = [job["id"] for job in submitted]
+    if not args.wait:
+        emit(args, submitted, submitted_line(ids))
+        return EXIT_OK
+    sys.stderr.write(submitted_line(ids) + "\n")  # before the wait: an interrupted wait leaves the ids on screen
+    endpoint = cli_watch.events_endpoint(args)
     try:
-        cli_watch.follow_all(cli_watch.events_url(args), args.token or get_settings().api_token, ids,
+        cli_watch.follow_all(endpoint.url, args.token or get_settings().api_token, ids,
                              args.timeout if args.wait is True else args.wait, args)
+    except ApiCallFailed as exc:  # LostContact too; the events process's, not the API's: the jobs are queued
+        cli_watch.cannot_follow("submit", endpoint, exc)
+        return submitted_anyway(args, submitted, cli_watch.EXIT_NO_CONTACT)
+    try:
         final = [api.job(job_id) for job_id in ids]  # the jobs as the API shows them, with output URLs
-    except LostContact as exc:
-        sys.stderr.write(f"comfyq submit: {exc}\n")
-        return cli_watch.EXIT_NO_CONTACT
     except ApiCallFailed as exc:
         api_failed("submit", exc)
-        return EXIT_API
+        return submitted_anyway(args, submitted, EXIT_API)
     rows = [{"id": j["id"], "status": j["status"], "attempts": j["attempts"], "priority": j["priority"],
              "output": (j["outputs"][0].get("url") or j["outputs"][0].get("location")) if j["outputs"]
              else (j.get("error") or {}).get("message", "")} for j in final]
     emit(args, final, render_table(rows, ["id", "status", "attempts", "priority", "output"]))
     return wait_exit_code([j["status"] for j in final])
+
+
+def submitted_line(ids: list[int]) -> str:
+    """Every id, as runs ("12-15, 19"): short for a large batch, and exact when other submissions interleave."""
+    runs: list[list[int]] = []
+    for job_id in sorted(set(ids)):
+        if runs and job_id == runs[-1][1] + 1:
+            runs[-1][1] = job_id
+        else:
+            runs.append([job_id, job_id])
+    return f"submitted {len(ids)} jobs: ids " + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def submitted_anyway(args: argparse.Namespace, submitted: list[dict[str, Any]], code: int) -> int:
+    """The wait broke off, yet the jobs are queued and run regardless: print them as a plain submit does (stdout,
+    JSON with --json) and say so, so that they are followed rather than submitted twice; returns `code`."""
+    sys.stderr.write(f"comfyq submit: the {len(submitted)} jobs were submitted and run without this wait; do not "
+                     "submit them again: follow one with `comfyq watch ID`, see it with `comfyq jobs ID`\n")
+    emit(args, submitted, submitted_line([job["id"] for job in submitted]))
+    return code
 
 
 def wait_exit_code(statuses: list[str]) -> int:
@@ -223,9 +245,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     submit = sub.add_parser("submit", parents=[common], help="submit a file of prompts (one per line) or JSONL jobs",
                             description="Exit codes: 0 all submitted (with --wait: all succeeded), 1 some jobs "
-                            "did not succeed, 2 bad input, 3 the API refused or could not be reached. With "
-                            "--wait and one job, its end: 0 succeeded, 5 failed, 6 canceled, 7 expired; 8 no "
-                            "contact with the events process.")
+                            "did not succeed or were not final when the wait ended, 2 bad input, 3 the API refused "
+                            "or could not be reached. With --wait and one job, its end: 0 succeeded, 5 failed, "
+                            "6 canceled, 7 expired. 8: the jobs were submitted, but the events process could not be "
+                            "followed (nothing answered at the events URL for --give-up-after seconds, no events "
+                            "process there, or it refused); their ids are printed, do not submit them again.")
     submit.add_argument("file", help="a file of prompts, one per line, or of JSONL job objects")
     submit.add_argument("--workflow", default="txt2img", help="template for plain-text lines (default txt2img)")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

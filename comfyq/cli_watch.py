@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from comfyq.client import ApiCallFailed
@@ -19,11 +20,20 @@ from comfyq.settings import get_settings
 EXIT_BY_STATUS = {"succeeded": 0, "failed": 5, "canceled": 6, "expired": 7}
 EXIT_NO_CONTACT = 8
 EXIT_CODES = ("Exit codes: 0 the job succeeded, 5 it failed, 6 it was canceled, 7 it expired, 8 no contact with the "
-              "events process for --give-up-after seconds, 3 the events process refused or could not be reached, "
-              "4 no such job.")
+              "events process for --give-up-after seconds, 3 the events process refused (the token, or no events "
+              "process at that URL), 4 no such job.")
+# Failures whose likely cause is the events URL: nothing answered there, or a server without the stream routes did
+# (typically the API itself, with no front door sending the streams on).
+URL_FAILURES = frozenset({"no_contact", "no_events_route"})
 
 
-def events_url(args: argparse.Namespace) -> str:
+@dataclass(frozen=True)
+class EventsEndpoint:
+    url: str
+    source: str  # where the URL came from: "--events-url", "COMFYQ_EVENTS_URL" or "the API's URL"
+
+
+def events_endpoint(args: argparse.Namespace) -> EventsEndpoint:
     """--events-url, else COMFYQ_EVENTS_URL, else the API's URL (nginx sends the stream routes to the events
     process, docs/events.md), after one stderr line naming it and where it came from."""
     settings = get_settings()
@@ -31,7 +41,17 @@ def events_url(args: argparse.Namespace) -> str:
                    else (settings.events_url, "COMFYQ_EVENTS_URL") if settings.events_url
                    else (args.api_url or settings.api_url, "the API's URL"))
     sys.stderr.write(f"events: {url} ({source})\n")
-    return str(url)
+    return EventsEndpoint(str(url), source)
+
+
+def cannot_follow(command: str, endpoint: EventsEndpoint, exc: ApiCallFailed) -> None:
+    """Why the streams could not be followed, on stderr; when the URL is the likely cause, also the one tried,
+    where it came from and how to set another, so the fix is in the message."""
+    sys.stderr.write(f"comfyq {command}: {exc}\n")
+    if exc.code in URL_FAILURES:
+        sys.stderr.write(f"comfyq {command}: the events process was looked for at {endpoint.url} ({endpoint.source});"
+                         " is the events process there? set COMFYQ_EVENTS_URL or pass --events-url (where `comfyq "
+                         "events` listens, or a front door that sends /jobs/{id}/events to it)\n")
 
 
 def describe_event(event: JobEvent) -> str:
@@ -92,7 +112,7 @@ def follow_all(url: str, token: str | None, ids: list[int], seconds: float, args
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    url = events_url(args)
+    endpoint = events_endpoint(args)
     token = args.token or get_settings().api_token
 
     def show(event: JobEvent) -> None:
@@ -102,12 +122,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
-        status = follow(url, token, args.id, args.give_up_after, show)
+        status = follow(endpoint.url, token, args.id, args.give_up_after, show)
     except LostContact as exc:
-        sys.stderr.write(f"comfyq watch: {exc}\n")
+        cannot_follow("watch", endpoint, exc)
         return EXIT_NO_CONTACT
     except ApiCallFailed as exc:
-        sys.stderr.write(f"comfyq watch: {exc}\n")
+        cannot_follow("watch", endpoint, exc)
         return 4 if exc.status == 404 else 3
     return EXIT_BY_STATUS.get(status, EXIT_NO_CONTACT)
 

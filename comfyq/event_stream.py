@@ -155,7 +155,7 @@ def _refusal(response: requests.Response) -> ApiCallFailed:
     # The events process says "no job N" (comfyq/events/app.py); any other 404 is a server without the route,
     # typically the API itself when no front door sends the streams on.
     if response.status_code == 404 and not str(error.get("message", "")).startswith("no job "):
-        return ApiCallFailed(0, "no_events_route", f"no job stream at {response.url} (is the events process "
-                             "there? set COMFYQ_EVENTS_URL or pass --events-url)")
+        return ApiCallFailed(0, "no_events_route", f"no job stream at {response.url} (404 from a server without "
+                             "the events process's routes)")
     return ApiCallFailed(response.status_code, error.get("code", "http_error"),
                          error.get("message", response.text[:200]))

@@ -1,6 +1,7 @@
 """`comfyq watch` and `comfyq submit --wait` against a real events process, API, worker and ComfyUI stand-in:
-transitions printed in order with the job's exit code, and a watch that outlives a kill -9 of the events
-process (it reconnects with Last-Event-ID and misses no transition)."""
+transitions printed in order with the job's exit code (succeeded, failed, expired), a watch that outlives a
+kill -9 of the events process (it reconnects with Last-Event-ID and misses no transition), and a `submit --wait`
+with no events process that says where it looked and leaves its jobs submitted once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +101,11 @@ def _cli_env(stack: Stack, events_url: str, api_url: str = "http://127.0.0.1:9")
             "COMFYQ_EVENTS_URL": events_url, "DATABASE_URL": stack.db_url}
 
 
-def _enqueue(queue: JobQueue, steps: int = 4) -> int:
+def _enqueue(queue: JobQueue, steps: int = 4, deadline: datetime | None = None) -> int:
     workflow = load_workflows(PROJECT_ROOT / "workflows")["txt2img"]
     params = workflow.resolve_params({"prompt": "a lighthouse", "steps": steps, "width": 64, "height": 64})
-    return int(queue.enqueue(NewJob(graph=workflow.render(params), workflow="txt2img", params=params))["id"])
+    return int(queue.enqueue(NewJob(graph=workflow.render(params), workflow="txt2img", params=params,
+                                    deadline=deadline))["id"])
 
 
 def _logged(db: Database, job_id: int) -> list[tuple[int, str]]:
@@ -150,6 +154,34 @@ def test_watch_of_a_failed_job_exits_with_the_failed_code(
     missing = Cli(tmp_path, "missing", _cli_env(stack, events.url), "watch", "999999")
     clis.append(missing)
     assert missing.wait(30) == 4
+
+
+def test_watch_of_a_job_whose_deadline_passed_exits_with_the_expired_code(
+        stack: Stack, db: Database, queue: JobQueue, events: Events, tmp_path: Path, clis: list[Cli]) -> None:
+    """Nothing expires a job but a worker's maintenance tick, and a claim skips a job past its deadline: the job
+    stays queued while no worker runs, and the first worker to start expires it instead of running it."""
+    stack.standin()
+    deadline = datetime.now(UTC) + timedelta(seconds=2)
+    job_id = _enqueue(queue, deadline=deadline)
+    env = _cli_env(stack, events.url)
+    raw = Cli(tmp_path, "watch-json", env, "watch", str(job_id), "--json")
+    people = Cli(tmp_path, "watch", env, "watch", str(job_id))
+    clis += [raw, people]
+    wait_until(lambda: raw.lines() and people.lines(), 20, "both snapshots")
+    wait_until(lambda: datetime.now(UTC) > deadline + timedelta(seconds=0.5), 10, "the deadline")
+    time.sleep(1)  # a few of the events process's polls: nothing happens to the job without a worker
+    assert (queue.get(job_id, "default") or {}).get("status") == "queued"
+    assert raw.proc.poll() is None and people.proc.poll() is None
+    stack.worker("w1")
+    assert raw.wait(30) == 7, raw.err.read_text()
+    assert people.wait(10) == 7, people.err.read_text()
+    job = queue.get(job_id, "default") or {}
+    assert job["status"] == "expired" and job["error"]["type"] == "deadline_exceeded" and job["attempts"] == 0
+    logged = _logged(db, job_id)
+    assert [event for _, event in logged] == ["queued", "expired"]  # never claimed
+    assert _transitions(raw.events()) == logged[1:]
+    lines = people.lines()
+    assert "snapshot  queued" in lines[0] and "  expired  expired" in lines[-1] and len(lines) == 2
 
 
 def test_watch_resumes_after_the_events_process_is_killed_and_misses_nothing(
@@ -210,3 +242,41 @@ def test_submit_wait_follows_the_stream_until_the_job_ends(
     clis.append(no_events)
     assert no_events.wait(30) == 3  # the API alone has no stream routes: said so, with what to set
     assert "is the events process there? set COMFYQ_EVENTS_URL" in no_events.err.read_text()
+
+
+def test_submit_wait_without_an_events_process_names_the_url_and_keeps_the_jobs_submitted(
+        stack: Stack, sql: Any, tmp_path: Path, clis: list[Cli]) -> None:
+    """A real API and no events process, two ways: COMFYQ_EVENTS_URL where nothing listens (given up after
+    --give-up-after), and unset, so the streams are asked of the API, which has no such routes (at once). Both
+    exit 8 having said which URL was tried and how to set it, and print the ids of the jobs, which are queued,
+    each once: the command must not invite a second submission."""
+    proc, api = start_api(stack.log_dir, {"DATABASE_URL": stack.db_url, "COMFYQ_API_TOKEN": TOKEN}, workers=1)
+    stack.processes.append(proc)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na lighthouse\n")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    lost = Cli(tmp_path, "lost", _cli_env(stack, nowhere, api), "submit", str(prompts), "--param", "steps=3",
+               "--wait", "--give-up-after", "2", "--json")
+    clis.append(lost)
+    assert lost.wait(60) == 8, lost.err.read_text()
+    err = lost.err.read_text()
+    ids = [job["id"] for job in json.loads(lost.out.read_text())]
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    assert f"submitted 2 jobs: ids {ids[0]}-{ids[1]}" in err
+    assert "no contact with the events process" in err
+    assert f"looked for at {nowhere} (COMFYQ_EVENTS_URL)" in err and "pass --events-url" in err
+    assert "were submitted and run without this wait; do not submit them again" in err
+
+    prompts.write_text("a red fox\n")
+    no_events = Cli(tmp_path, "no-events", _cli_env(stack, "", api), "submit", str(prompts),
+                    "--param", "steps=3", "--wait")
+    clis.append(no_events)
+    assert no_events.wait(30) == 8, no_events.err.read_text()
+    err = no_events.err.read_text()
+    assert f"no job stream at {api}/jobs/" in err
+    assert f"looked for at {api} (the API's URL)" in err and "set COMFYQ_EVENTS_URL or pass --events-url" in err
+    [line] = no_events.lines()
+    assert line.startswith("submitted 1 jobs: ids ")
+    third = int(line.rsplit(" ", 1)[1])
+    sql.execute("SELECT id, status FROM job_queue ORDER BY id")
+    assert sql.fetchall() == [(i, "queued") for i in [*ids, third]]
