@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cancel, claim_scale, drain, ingest, memory, pickup, submit
+from bench import cancel, claim_scale, drain, events, ingest, memory, pickup, submit
 from bench.common import scratch_database
 from bench.harness import Figure, load, machine, machine_text, markdown, server_url, table
 from comfyq.logs import configure
@@ -60,6 +60,7 @@ BENCHES: dict[str, Callable[[Path, bool], list[Figure]]] = {
     "gpu_busy": gpu_busy,
     "memory": memory.run,
     "cancel": cancel.run,
+    "events": events.run,
 }
 
 
