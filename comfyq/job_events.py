@@ -75,8 +75,8 @@ def event_from_row(row: Row) -> JobEvent:
         body["message"] = row["message"]
     if row["details"] is not None:
         body["details"] = row["details"]
-    if row["to_status"] in ("failed", "queued") and row["event"] != "queued" and row["error"] is not None:
-        body["error"] = row["error"]  # a retry or a failure: the job's error as it stands
+    if row["to_status"] in ("failed", "queued", "expired") and row["event"] != "queued" and row["error"] is not None:
+        body["error"] = row["error"]  # a retry, a failure or an expiry: the job's error as it stands
     outputs = list(row["outputs"] or []) if row["to_status"] == "succeeded" else []
     return JobEvent(id=row["id"], job_id=row["job_id"], tenant=row["tenant"], workflow=row["workflow"],
                     event=row["event"], status=row["to_status"], body=body, outputs=outputs)

@@ -182,6 +182,7 @@ def test_watch_of_a_job_whose_deadline_passed_exits_with_the_expired_code(
     assert _transitions(raw.events()) == logged[1:]
     lines = people.lines()
     assert "snapshot  queued" in lines[0] and "  expired  expired" in lines[-1] and len(lines) == 2
+    assert "error deadline_exceeded: deadline" in lines[-1], "the stream carries why the job expired"
 
 
 def test_watch_resumes_after_the_events_process_is_killed_and_misses_nothing(
