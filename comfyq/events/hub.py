@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -58,7 +59,7 @@ class Subscriber:
         self.start = start
         self._buffer: deque[JobEvent] = deque()
         self._limit = buffer
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # set while `next` waits on an empty buffer
         self._on_drop = on_drop
         self.state = SubscriberState.LIVE
 
@@ -67,22 +68,32 @@ class Subscriber:
         if len(self._buffer) >= self._limit:
             self._buffer.clear()
             self.state = SubscriberState.DROPPED
-            self._wake.set()
+            self._wake()
             if self._on_drop is not None:
                 self._on_drop()
             return False
         self._buffer.append(event)
-        self._wake.set()
+        self._wake()
         return True
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def next(self, timeout: float) -> JobEvent | None:
-        """The next event, or None after timeout seconds without one (time for a heartbeat) or once dropped."""
+        """The next event, or None after timeout seconds without one (time for a heartbeat) or once dropped.
+        A bare future and a timer, not asyncio.wait_for, which costs a task per call: a tenant-wide event wakes
+        every stream of the tenant."""
         if not self._buffer and self.state is SubscriberState.LIVE:
-            self._wake.clear()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, self._wake)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return None
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
         if self.state is not SubscriberState.LIVE or not self._buffer:
             return None
         return self._buffer.popleft()
@@ -107,36 +118,51 @@ class Hub:
     def __init__(self, buffer: int) -> None:
         self.buffer = buffer
         self.position = 0
-        self._subscribers: set[Subscriber] = set()
+        # Indexed by what they watch, so an event touches only its job's streams and its tenant's wide ones.
+        self._by_job: dict[int, set[Subscriber]] = {}
+        self._by_tenant: dict[str, set[Subscriber]] = {}
+        self._count = 0
+
+    def _group(self, interest: Interest) -> tuple[dict[Any, set[Subscriber]], Any]:
+        if interest.job_id is not None:
+            return self._by_job, interest.job_id
+        return self._by_tenant, interest.tenant
 
     def subscribe(self, interest: Interest, kind: str, on_drop: Callable[[], None] | None = None) -> Subscriber:
         subscriber = Subscriber(interest, kind, self.buffer, self.position, on_drop)
-        self._subscribers.add(subscriber)
+        index, key = self._group(interest)
+        index.setdefault(key, set()).add(subscriber)
+        self._count += 1
         SUBSCRIBERS.labels(kind).inc()
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        if subscriber in self._subscribers:
-            self._subscribers.discard(subscriber)
+        index, key = self._group(subscriber.interest)
+        group = index.get(key)
+        if group is not None and subscriber in group:
+            group.discard(subscriber)
+            if not group:
+                del index[key]
+            self._count -= 1
             SUBSCRIBERS.labels(subscriber.kind).dec()
         if subscriber.state is SubscriberState.LIVE:
             subscriber.state = SubscriberState.CLOSED
 
     def publish(self, events: Iterable[JobEvent], position: int) -> None:
-        """Called on the loop with a batch in id order."""
+        """Called on the loop with a batch in id order; each subscriber gets its events in that order."""
         batch = list(events)
         PUBLISHED.inc(sum(1 for event in batch if event.id is not None))
-        for subscriber in list(self._subscribers):
-            for event in batch:
-                if subscriber.interest.matches(event) and not subscriber.offer(event):
+        for event in batch:
+            for subscriber in (*self._by_job.get(event.job_id, ()), *self._by_tenant.get(event.tenant, ())):
+                if subscriber.state is SubscriberState.LIVE and subscriber.interest.matches(event) \
+                        and not subscriber.offer(event):
                     DROPPED.inc()
                     log.info("dropped a subscriber of tenant %s that fell %d events behind",
                              subscriber.interest.tenant, self.buffer, extra={"action": "events_subscriber_dropped"})
                     self.unsubscribe(subscriber)
-                    break
         self.position = max(self.position, position)
 
     @property
     def count(self) -> int:
-        return len(self._subscribers)
+        return self._count
 
