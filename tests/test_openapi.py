@@ -1,5 +1,7 @@
-"""GET /openapi.json: the document is valid OpenAPI 3.1, names exactly the app's routes and every error code the
-route modules raise, and the API keeps to it under a property-based fuzz run (schemathesis, in process)."""
+"""GET /openapi.json: the document is valid OpenAPI 3.1, names exactly the routes of the Flask app and of the events
+process (each operation marked with the process that serves it) and every error code they raise, the API keeps to
+its part under a property-based fuzz run (schemathesis, in process), and what a real events process sends keeps to
+the events part."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
+import requests
+import websocket
 from flask import Flask
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
@@ -23,17 +26,31 @@ from schemathesis.checks import not_a_server_error
 from comfyq import tokens
 from comfyq.api.app import create_app
 from comfyq.api.openapi import OPERATION_ERRORS, PUBLIC_OPERATIONS, build_document
+from comfyq.api.openapi_events import (
+    API,
+    EVENTS,
+    EVENTS_OPERATION_ERRORS,
+    MESSAGE_SCHEMA,
+    NOT_DOCUMENTED,
+    SERVED_BY,
+    STREAM_SECURITY,
+)
 from comfyq.db import Database
+from comfyq.events.app import ROUTES as EVENTS_ROUTES
 from comfyq.jobs import JobQueue
 from comfyq.settings import PROJECT_ROOT, Settings
+from comfyq.stack import start_api
+from tests.e2e_support import Stack, wait_until
+from tests.support.api_app import bearer
+from tests.support.events_client import SseReader, WsReader, start_events
 from tests.support.openapi_fuzz import (
     CHECKS,
-    FUZZ_CONFIG,
     GRAPH,
     GRAPH_JOB,
     NOT_FUZZED,
     close_app,
     contract,
+    flask_schema,
     fuzz,
     header,
     make_app,
@@ -42,6 +59,7 @@ from tests.support.openapi_fuzz import (
 )
 
 API_DIR = PROJECT_ROOT / "comfyq" / "api"
+EVENTS_APP = PROJECT_ROOT / "comfyq" / "events" / "app.py"
 
 
 @pytest.fixture
@@ -64,15 +82,40 @@ def flask_operations(app: Flask) -> set[tuple[str, str]]:
     return found
 
 
-def raised_api_errors() -> set[tuple[int, str]]:
-    """(status, code) of every `ApiError(status, "code", ...)` written in the route modules."""
+def events_operations() -> set[tuple[str, str]]:
+    """(method, path) of every route of the events process (comfyq/events/app.py ROUTES) but its own liveness and
+    metrics, which are not in the document (through nginx those paths are the API's)."""
+    return {(method.lower(), path) for method, path, _ in EVENTS_ROUTES} - NOT_DOCUMENTED
+
+
+def served_by(document: dict[str, Any], process: str) -> set[tuple[str, str]]:
+    return {(method, path) for path, methods in document["paths"].items()
+            for method, operation in methods.items() if process in operation[SERVED_BY]}
+
+
+def raised_errors(sources: list[Path], function: str) -> set[tuple[int, str]]:
+    """(status, code) of every `function(status, "code", ...)` written in the sources."""
     found = set()
-    for source in API_DIR.glob("*.py"):
+    for source in sources:
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "ApiError"
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == function
                     and len(node.args) >= 2 and all(isinstance(a, ast.Constant) for a in node.args[:2])):
                 found.add((node.args[0].value, node.args[1].value))
     return found
+
+
+def raised_api_errors() -> set[tuple[int, str]]:
+    """(status, code) of every `ApiError(status, "code", ...)` written in the route modules."""
+    return raised_errors(list(API_DIR.glob("*.py")), "ApiError")
+
+
+def documented_errors(document: dict[str, Any], operations: set[tuple[str, str]]) -> set[tuple[int, str]]:
+    return {(int(status), code) for path, methods in document["paths"].items()
+            for method, operation in methods.items() if (method, path) in operations
+            for status, response in operation["responses"].items() if int(status) >= 400
+            and "allOf" in response.get("content", {}).get("application/json", {}).get("schema", {})
+            for code in response["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"][
+                "properties"]["code"]["enum"]}
 
 
 # The document ---------------------------------------------------------------------------------------------------
@@ -101,33 +144,61 @@ def _walk_refs(value: Any) -> Iterator[str]:
 
 
 def test_every_route_is_documented_and_nothing_else(app: Flask) -> None:
+    """The operations the Flask app serves are its routes, those the events process serves are its ROUTES; each
+    names its process, and the Flask app's part of the document (what the fuzz runs call) is its routes alone."""
     document = build_document(app.config["COMFYQ_SETTINGS"])
     documented = {(method, path) for path, methods in document["paths"].items() for method in methods}
-    assert documented == flask_operations(app)
-    assert documented == set(OPERATION_ERRORS)
+    assert served_by(document, API) == flask_operations(app) == set(OPERATION_ERRORS)
+    assert served_by(document, EVENTS) == events_operations() == set(EVENTS_OPERATION_ERRORS)
+    assert documented == served_by(document, API) | served_by(document, EVENTS)
+    both = served_by(document, API) & served_by(document, EVENTS)
+    assert both == {("get", "/jobs/{job_id}"), ("post", "/jobs")}  # the events process with `wait` only
+    assert NOT_DOCUMENTED <= flask_operations(app)  # the API's liveness and metrics are documented as its own
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert operation[SERVED_BY] in ([API], [EVENTS], [API, EVENTS]), (method, path)
+            assert ("events" in operation["tags"]) == (EVENTS in operation[SERVED_BY]), (method, path)
+    for method, path in both:
+        operation = document["paths"][path][method]
+        [wait] = [p for p in operation["parameters"] if p["name"] == "wait"]
+        assert wait[SERVED_BY] == [EVENTS] and wait["schema"] == {"type": "number", "minimum": 0}
+        assert "202" in operation["responses"]
+    flask_only = build_document(app.config["COMFYQ_SETTINGS"], events=False)
+    assert {(m, p) for p, methods in flask_only["paths"].items() for m in methods} == flask_operations(app)
+    assert not [(m, p) for p, methods in flask_only["paths"].items() for m, operation in methods.items()
+                if operation[SERVED_BY] != [API] or "wait" in {q["name"] for q in operation.get("parameters", [])}]
+    assert "StreamToken" not in flask_only["components"]["schemas"]
 
 
 def test_security_is_per_operation(app: Flask) -> None:
+    """Public operations are public in the app; the others take the bearer token, and the events process's streams
+    a stream token too (in the URL, for EventSource)."""
     document = build_document(app.config["COMFYQ_SETTINGS"])
+    streams = set()
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
             if (method, path) in PUBLIC_OPERATIONS:
                 assert operation["security"] == []
                 assert app.test_client().open(path, method=method.upper()).status_code == 200
+                continue
+            if any(MESSAGE_SCHEMA in answer for answer in operation["responses"].values()):
+                streams.add((method, path))
+                assert operation["security"] == STREAM_SECURITY
             else:
                 assert operation["security"] == [{"bearerAuth": []}]
-                assert "401" in operation["responses"] and "503" in operation["responses"]
+            assert "401" in operation["responses"] and "503" in operation["responses"]
+    assert streams == {(m.lower(), p) for m, p, _ in EVENTS_ROUTES if p.endswith("/events") or p.startswith("/ws/")}
+    assert document["components"]["securitySchemes"]["streamToken"]["name"] == "stream_token"
 
 
 def test_every_error_code_the_routes_raise_is_documented(app: Flask) -> None:
     document = build_document(app.config["COMFYQ_SETTINGS"])
-    documented = {(int(status), code) for methods in document["paths"].values() for operation in methods.values()
-                  for status, response in operation["responses"].items() if int(status) >= 400
-                  and "allOf" in response["content"]["application/json"]["schema"]  # not /readyz's Health 503
-                  for code in response["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"][
-                      "properties"]["code"]["enum"]}
-    missing = raised_api_errors() - documented
+    missing = raised_api_errors() - documented_errors(document, served_by(document, API))
     assert not missing, f"raised but not in openapi.py's OPERATION_ERRORS: {sorted(missing)}"
+    raised = raised_errors([EVENTS_APP], "_error")
+    assert {(400, "invalid_wait"), (400, "invalid_filter"), (503, "api_unavailable")} <= raised  # the parse works
+    missing = raised - documented_errors(document, served_by(document, EVENTS))
+    assert not missing, f"raised by the events process but not in openapi_events.py's errors: {sorted(missing)}"
 
 
 def test_the_examples_match_their_schemas(app: Flask) -> None:
@@ -179,7 +250,7 @@ def operator_headers(db: Database) -> dict[str, str]:
 def api_schema(app: Flask, db: Database, fuzz_headers: dict[str, str]) -> Any:
     """The API loaded from its own /openapi.json, with jobs 1..4 in every kind of state to read, cancel, retry."""
     seed_jobs(db, "fuzz")
-    return schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
+    return flask_schema(app)
 
 
 # Read-only routes an admin token only gets 403 from: fuzzed with an operator token, so their answers are checked.
@@ -195,8 +266,12 @@ def test_the_api_keeps_to_its_document(api_schema: Any, fuzz_headers: dict[str, 
     The strategies are driven with Hypothesis directly rather than through schemathesis' pytest plugin
     (`from_fixture(...).parametrize()`), whose lazy loader sets `node._nodeid`, which pytest 9.2 no longer has."""
     failures: dict[str, str] = {}
-    for result in api_schema.get_all_operations():
-        operation = result.ok()
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    # The Flask app's operations (schemathesis leaves out the document's own route); not the events process's,
+    # which the app does not serve.
+    assert {(operation.method.lower(), operation.path) for operation in operations} == flask_operations(
+        api_schema.app) - {("get", "/openapi.json")}
+    for operation in operations:
         if operation.path in NOT_FUZZED:
             continue
         headers = operator_headers if (operation.method.upper(), operation.path) in AS_OPERATOR else fuzz_headers
@@ -439,7 +514,7 @@ def test_an_empty_cursor_is_the_first_page(app: Flask, fuzz_headers: dict[str, s
 def test_an_undocumented_method_is_405_with_allow(app: Flask, fuzz_headers: dict[str, str]) -> None:
     """The JSON error answers dropped the Allow header that a 405 must carry (RFC 9110 15.5.6)."""
     client = app.test_client()
-    for path, methods in build_document(app.config["COMFYQ_SETTINGS"])["paths"].items():
+    for path, methods in build_document(app.config["COMFYQ_SETTINGS"], events=False)["paths"].items():
         url = re.sub(r"\{\w+\}", "1", path)  # every path parameter takes a 1: an id, an index or a name
         documented = {method.upper() for method in methods}
         for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - documented:
@@ -447,3 +522,151 @@ def test_an_undocumented_method_is_405_with_allow(app: Flask, fuzz_headers: dict
             assert response.status_code == 405, (method, url)
             assert response.get_json()["error"]["code"] == "method_not_allowed"
             assert set(response.headers["Allow"].split(", ")) - {"HEAD", "OPTIONS"} == documented, (method, url)
+
+
+# The events process -------------------------------------------------------------------------------------------
+URN = "urn:comfyq"
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer into the document (RFC 6901)."""
+    return URN + "#/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+class Conformance:
+    """Holds answers of a real process to the document: a documented status, a documented content type with a body
+    that matches its schema, the documented required headers with values that match theirs."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.registry = Registry().with_resource(URN, Resource.from_contents(document, DRAFT202012))
+
+    def validate(self, ref: str, value: Any) -> None:
+        Draft202012Validator({"$ref": ref}, registry=self.registry,
+                             format_checker=Draft202012Validator.FORMAT_CHECKER).validate(value)
+
+    def answer(self, method: str, path: str, response: requests.Response, status: int) -> dict[str, Any]:
+        """The documented answer `response` is (a stream's body is left unread)."""
+        assert response.status_code == status, (method, path, response.status_code)
+        documented: dict[str, Any] = self.document["paths"][path][method]["responses"][str(status)]
+        content = documented.get("content", {})
+        media = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if content:
+            assert media in content, (method, path, status, media)
+            if media == "application/json":
+                self.validate(pointer("paths", path, method, "responses", str(status), "content", media, "schema"),
+                              response.json())
+        else:
+            assert response.content == b"", (method, path, status)
+        for name, described in documented.get("headers", {}).items():
+            if described.get("required"):
+                value = response.headers[name]
+                typed = int(value) if described["schema"].get("type") == "integer" else value
+                Draft202012Validator(described["schema"]).validate(typed)
+        return documented
+
+    def message(self, answer: dict[str, Any], message: dict[str, Any]) -> None:
+        self.validate(URN + answer[MESSAGE_SCHEMA]["$ref"], message)
+
+
+@pytest.mark.slow
+def test_what_a_real_events_process_sends_keeps_to_the_document(stack: Stack, db: Database, tmp_path: Path) -> None:
+    """The events process as a child, with the API behind it, a worker and the stand-in: the stream token, both
+    waits' answers (202 while queued, 200 at the end), the messages of a per-job stream over SSE and WebSocket and
+    of a tenant-wide stream (snapshot, a retry with its error, progress, a success with its outputs), the 204 after
+    the end and its refusals, each held to the document the API serves. SSE framing too: `event:` is the
+    message's event, `id:` its id (the snapshot's the position to resume from, none for progress)."""
+    _, comfy = stack.standin("--fail", "oom", "--sampler-step-seconds", "0.1")
+    common = {"DATABASE_URL": stack.db_url, "COMFYQ_STORAGE_DIR": str(stack.storage_dir)}
+    api, api_url = start_api(stack.log_dir, {**common, "COMFYQ_TOKEN_CACHE_SECONDS": "0"}, workers=1)
+    stack.processes.append(api)
+    events, url = start_events(tmp_path / "events-logs", {**common, "COMFYQ_EVENTS_API_URL": api_url})
+    stack.processes.append(events)
+    check = Conformance(requests.get(f"{api_url}/openapi.json", timeout=10).json())
+    headers = bearer(db, "default", "submitter")
+
+    issued = requests.post(f"{url}/events/token", headers=headers, timeout=10)
+    check.answer("post", "/events/token", issued, 200)
+    stream_token = issued.json()["stream_token"]
+    params = {"prompt": "a lighthouse", "steps": 10, "width": 64, "height": 64}
+    job = {"workflow": "txt2img", "params": params}
+    queued = requests.post(f"{url}/jobs?wait=0.1", json=job, headers=headers, timeout=30)
+    check.answer("post", "/jobs", queued, 202)
+    job_id = queued.json()["id"]
+    assert queued.json()["status"] == "queued" and "params" in queued.json()  # the job, not `{id, status}`
+    check.answer("get", "/jobs/{job_id}", requests.get(f"{url}/jobs/{job_id}?wait=0", headers=headers, timeout=10),
+                 202)
+
+    # Opened before the job runs and read after it ended: the messages wait in the sockets meanwhile.
+    per_job = SseReader(f"{url}/jobs/{job_id}/events?stream_token={stream_token}")
+    sse_answer = check.answer("get", "/jobs/{job_id}/events", per_job.response, 200)
+    tenant = SseReader(f"{url}/events?workflow=txt2img", headers)
+    tenant_answer = check.answer("get", "/events", tenant.response, 200)
+    ws = WsReader(f"{url}/ws/jobs/{job_id}", headers)
+    ws_answer = check.document["paths"]["/ws/jobs/{job_id}"]["get"]["responses"]["101"]
+    stack.worker("w1", retry_base_seconds="1")
+    wait_until(lambda: "retry_scheduled" in [row["event"] for row in JobQueue(db).logs(job_id)], 30, "the retry")
+    requests.post(f"{comfy}/standin/control", json={"fail": "none"}, timeout=5).raise_for_status()
+    final = requests.get(f"{url}/jobs/{job_id}?wait=60", headers=headers, timeout=90)
+    check.answer("get", "/jobs/{job_id}", final, 200)
+    assert final.json()["status"] == "succeeded"
+
+    seen: list[str] = []
+    last_id = None
+    for message in per_job.events():
+        check.message(sse_answer, message.data)
+        assert message.event == message.data["event"]
+        if message.event == "progress":
+            assert message.id is None
+        elif message.event != "snapshot":
+            assert message.id == message.data["id"]
+            last_id = message.id
+        else:
+            assert message.id is not None
+        seen.append(message.event or "")
+    assert seen[0] == "snapshot" and seen[-1] == "succeeded" and {"progress", "retry_scheduled"} <= set(seen)
+    frames = list(ws.events())
+    for frame in frames:
+        check.message(ws_answer, frame)
+    assert [frame["event"] for frame in frames if frame["event"] != "progress"] == [
+        event for event in seen if event != "progress"]
+    retry = next(frame for frame in frames if frame["event"] == "retry_scheduled")
+    assert retry["error"]["type"] and frames[-1]["outputs"][0]["url"].startswith("http")
+    for message in tenant.events():
+        check.message(tenant_answer, message.data)
+        if message.data["job_id"] == job_id and message.event == "succeeded":
+            break
+    tenant.close()
+
+    done = requests.post(f"{url}/jobs?wait=60", json={**job, "params": {**params, "steps": 2}},
+                         headers=headers, timeout=90)
+    check.answer("post", "/jobs", done, 200)
+    assert done.json()["status"] == "succeeded"
+
+    # The end, and refusals.
+    check.answer("get", "/jobs/{job_id}/events", requests.get(
+        f"{url}/jobs/{job_id}/events", headers={**headers, "Last-Event-ID": str(last_id)}, timeout=10), 204)
+    # (method, path, request, headers, status, error code; None: not JSON)
+    refusals = [("get", "/jobs/{job_id}", f"/jobs/{job_id}?wait=soon", headers, 400, "invalid_wait"),
+                ("get", "/events", "/events?status=done", headers, 400, "invalid_filter"),
+                ("get", "/events", "/events", {**headers, "Last-Event-ID": "x"}, 400, "invalid_last_event_id"),
+                ("get", "/events", "/events", {}, 401, "unauthorized"),
+                ("get", "/jobs/{job_id}/events", f"/jobs/{job_id}/events", {"Authorization": "Bearer cq_x"}, 401,
+                 "unauthorized"),
+                ("get", "/jobs/{job_id}/events", "/jobs/999999999/events", headers, 404, "not_found"),
+                ("get", "/ws/jobs/{job_id}", f"/ws/jobs/{job_id}?last_event_id=x", headers, 400,
+                 "invalid_last_event_id"),
+                ("get", "/ws/events", "/ws/events?last_event_id=x", headers, 400, "invalid_last_event_id"),
+                ("get", "/ws/events", "/ws/events", headers, 400, None),  # not an upgrade: aiohttp's plain text
+                ("post", "/events/token", f"/events/token?stream_token={stream_token}", {}, 401, "unauthorized")]
+    for method, path, target, sent, status, code in refusals:
+        answer = requests.request(method.upper(), url + target, headers=sent, timeout=10)
+        check.answer(method, path, answer, status)
+        assert (answer.json()["error"]["code"] if code else answer.headers["Content-Type"]).startswith(
+            code or "text/plain"), target
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused_upgrade:  # a real upgrade request too
+        WsReader(f"{url}/ws/events?last_event_id=x", headers)
+    assert refused_upgrade.value.status_code == 400
+    refused = requests.post(f"{url}/jobs?wait=5", json={"workflow": "nope"}, headers=headers, timeout=30)
+    check.answer("post", "/jobs", refused, 422)  # the API's refusal, passed on unchanged
+    assert refused.json()["error"]["code"] == "unknown_workflow"

@@ -2,7 +2,9 @@
 of caller answers what the document's security and `x-required-role` say (the auth matrix); a tenant's
 submitter and admin reach nothing of another tenant's (tenant isolation); and each role, fuzzed with schemathesis,
 gets only answers the document describes. docs/security.md reports the figures and holds the matrix as a table,
-which test_the_table_in_docs_security_md_is_the_matrix keeps equal to the document.
+which test_the_table_in_docs_security_md_is_the_matrix keeps equal to the document. The document here is the Flask
+app's part (build_document(events=False)); the events process's routes are served by another process and checked in
+tests/test_events.py and tests/test_openapi.py.
 
 COMFYQ_FUZZ_EXAMPLES=200 raises the fuzz budget for a long run by hand (15 by default; see docs/security.md)."""
 
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
 from flask import Flask
 
 from comfyq import callback_secrets, tokens
@@ -28,13 +29,13 @@ from tests.support.api_app import bearer
 from tests.support.openapi_fuzz import (
     CHECKS,
     EXAMPLES,
-    FUZZ_CONFIG,
     GRAPH,
     GRAPH_JOB,
     NOT_FUZZED,
     Tally,
     close_app,
     describe,
+    flask_schema,
     fuzz,
     make_app,
     seed_jobs,
@@ -71,7 +72,7 @@ class Api:
     """Sends one request through schemathesis and says what the document finds wrong with the answer."""
 
     def __init__(self, app: Flask) -> None:
-        self.schema = schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
+        self.schema = flask_schema(app)
 
     def send(self, method: str, path: str, headers: Headers, **kwargs: Any) -> tuple[Any, str | None]:
         """The answer, and the document's objections to it (None: it conforms)."""
@@ -237,7 +238,7 @@ def callers(db: Database) -> dict[str, tuple[Headers, str]]:
 
 
 def test_the_document_states_the_role_of_every_operation(app: Flask) -> None:
-    document = build_document(app.config["COMFYQ_SETTINGS"])
+    document = build_document(app.config["COMFYQ_SETTINGS"], events=False)
     documented = set()
     for method, path, operation in operations(document):
         documented.add((method, path))
@@ -255,7 +256,7 @@ def test_every_operation_answers_every_caller_as_the_document_says(app: Flask, d
     """The auth matrix: every operation x {no token, bad token, revoked token, submitter, submitter of a tenant
     without raw graphs, admin, operator}. A cell is wrong when the status or error code is not the one the
     document's role implies, or when the answer is not one the document describes."""
-    document = build_document(app.config["COMFYQ_SETTINGS"])
+    document = build_document(app.config["COMFYQ_SETTINGS"], events=False)
     who = callers(db)
     world, api = World(db, tmp_path / "out"), Api(app)
     cells, wrong = 0, []
@@ -292,7 +293,7 @@ def table_rows(document: dict[str, Any]) -> list[list[str]]:
 
 def test_the_table_in_docs_security_md_is_the_matrix(app: Flask) -> None:
     """Its first six columns are the document's expectations, which the matrix above holds the code to."""
-    document = build_document(app.config["COMFYQ_SETTINGS"])
+    document = build_document(app.config["COMFYQ_SETTINGS"], events=False)
     written = []
     for line in SECURITY_MD.read_text(encoding="utf-8").splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -509,13 +510,13 @@ def test_every_role_gets_only_documented_answers_under_fuzzing(app: Flask, db: D
     every state (the others' jobs are another tenant's): valid and invalid requests of every operation, and the
     targeted strategies, must get a documented status, content type, headers and body, and never a 5xx. A route
     excluded from fuzzing because it deletes data is fuzzed all the same as a role too low for it (a 403 each)."""
-    document = build_document(app.config["COMFYQ_SETTINGS"])
+    document = build_document(app.config["COMFYQ_SETTINGS"], events=False)
     headers = {}
     for name, (tenant, role, raw_graphs) in FUZZED_ROLES.items():
         tokens.set_tenant(db, tenant, allow_raw_graphs=raw_graphs)
         seed_jobs(db, tenant)
         headers[name] = bearer(db, tenant, role)
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app, config=FUZZ_CONFIG)
+    schema = flask_schema(app)
     total, failures = Tally(), {}
     for name, (_, role, _) in FUZZED_ROLES.items():
         tally = Tally()
@@ -551,7 +552,7 @@ def test_a_rate_too_small_for_the_database_is_refused_with_422(app: Flask, db: D
     keeps the rate as a Postgres real, which cannot hold it). The document and the model now start at RATE_MIN."""
     operator = bearer(db, "ops", "operator")
     api = Api(app)
-    document = build_document(app.config["COMFYQ_SETTINGS"])
+    document = build_document(app.config["COMFYQ_SETTINGS"], events=False)
     rate = document["components"]["schemas"]["TenantSettings"]["properties"]["rate_per_second"]
     assert RATE_MIN in [branch.get("minimum") for branch in rate.get("anyOf", [rate])]
     for value, status in ((5e-324, 422), (1e-46, 422), (RATE_MIN / 2, 422), (RATE_MIN, 200), (1_000_000, 200)):

@@ -7,8 +7,12 @@ describe cannot be sent. Written out here: the operations, their parameters and 
 answer. The document is built from the app's settings, so limits that are settings (priority range, page size,
 body sizes, batch size) are the ones this deployment enforces.
 
-tests/test_openapi.py validates the document and fuzzes the API against it with schemathesis: a route that
-answers a status, a header or a body not described here fails that test."""
+The events process's operations (streams, WebSockets, stream tokens, the `wait` of GET /jobs/{id} and POST /jobs)
+are added by openapi_events.py; every operation names the process that serves it in `x-comfyq-served-by`.
+
+tests/test_openapi.py validates the document and fuzzes the API against it with schemathesis (the Flask app's own
+part, build_document(events=False)): a route that answers a status, a header or a body not described here fails
+that test."""
 
 from __future__ import annotations
 
@@ -19,9 +23,23 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
+from comfyq.api.openapi_common import LOCATION, MAX_JOB_ID, REF, RETRY_AFTER
+from comfyq.api.openapi_common import error_response as _error_response
+from comfyq.api.openapi_common import json_response as _json
+from comfyq.api.openapi_common import ref as _ref
+from comfyq.api.openapi_events import (
+    API,
+    EVENTS,
+    EVENTS_OPERATION_ERRORS,
+    SERVED_BY,
+    STREAM_TOKEN_SCHEME,
+    add_events_operations,
+    events_schemas,
+)
+from comfyq.api.openapi_events import TAG as EVENTS_TAG
 from comfyq.api.pagination import default_page
 from comfyq.api.request_body import BYTES_PER_VALUE
-from comfyq.api.responses import RESPONSE_MODELS
+from comfyq.api.responses import EVENTS_MODELS, RESPONSE_MODELS
 from comfyq.api.schemas import BatchRequest, JobRequest, RetentionRequest, TenantSettings, TokenRequest
 from comfyq.callback_secrets import MAX_ACTIVE
 from comfyq.jobs import STATUSES
@@ -30,33 +48,12 @@ from comfyq.tokens import TENANT_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-REF = "#/components/schemas/"
 EXTENSION = "comfyq_openapi"
-MAX_JOB_ID = 2**63 - 1  # job ids are Postgres bigints
 
 bp = Blueprint("openapi", __name__)
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": REF + name}
-
-
-# Error codes by status: what each route can answer besides its success. The descriptions are shared.
-ERROR_DESCRIPTIONS = {
-    400: "The request is malformed (see `error.code`).",
-    401: "No valid `Authorization: Bearer <token>` header (missing, unknown or revoked token).",
-    403: "The token is valid but may not do this: its role is too low, or it names another tenant than its own "
-         "(only an operator token acts across tenants).",
-    404: "No such resource for this tenant (another tenant's job is a 404 too).",
-    409: "The request conflicts with the resource's current state.",
-    413: "The body or the batch is larger than this deployment allows.",
-    415: "The body is not sent as `Content-Type: application/json`.",
-    422: "The body is JSON but not a valid request; nothing was written.",
-    429: "A per-tenant limit (request rate or queued-job quota) refused the request; retry after `Retry-After`.",
-    503: "The database (or, for retention, the object storage) is unavailable; retry after `Retry-After` seconds. "
-         "`database_unavailable`: nothing was written. `outcome_unknown` (writes only): the connection was lost "
-         "while the write was under way, so it may have taken effect; retry with the same `Idempotency-Key`.",
-}
+# Error codes by status: what each route can answer besides its success (descriptions: openapi_common.py).
 AUTH_ERRORS: dict[int, list[str]] = {401: ["unauthorized"], 503: ["database_unavailable"]}
 # Routes that write: a connection lost during the write leaves its outcome unknown.
 WRITE_ERRORS: dict[int, list[str]] = {**AUTH_ERRORS, 503: ["database_unavailable", "outcome_unknown"]}
@@ -120,36 +117,12 @@ REQUIRED_ROLES = {
                      ("put", "/admin/tenants/{name}")], "operator"),
 }
 
-RETRY_AFTER = {"description": "Seconds to wait before trying again.", "required": True,
-               "schema": {"type": "integer", "minimum": 1}}
-WWW_AUTHENTICATE = {"description": "Always `Bearer realm=\"comfyq\"`.", "required": True, "schema": {"type": "string"}}
-LOCATION = {"description": "The job's URL, `/jobs/{id}`.", "required": True,
-            "schema": {"type": "string", "pattern": "^/jobs/[0-9]+$"}}
-
-
-def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
-    schema = {"allOf": [_ref("Error"), {"type": "object", "properties": {"error": {
-        "type": "object", "properties": {"code": {"enum": codes}}}}}]}
-    response: dict[str, Any] = {
-        "description": ERROR_DESCRIPTIONS[status] + " Codes: " + ", ".join(f"`{c}`" for c in codes) + ".",
-        "content": {"application/json": {"schema": schema}}}
-    if status in (429, 503):
-        response["headers"] = {"Retry-After": RETRY_AFTER}
-    elif status == 401:
-        response["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
-    return response
-
-
-def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema, **extra}}}
-
-
 # Response schemas ---------------------------------------------------------------------------------------------
-def _model_responses(components: dict[str, Any]) -> dict[str, Any]:
+def _model_responses(components: dict[str, Any], models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
     """The response schemas written from the models the routes answer through (responses.py); the models they
     nest go into components under their own names."""
     schemas = {}
-    for model in RESPONSE_MODELS:
+    for model in models:
         schema = _without_defaults(model.model_json_schema(mode="serialization", ref_template=REF + "{model}"))
         for name, definition in schema.pop("$defs", {}).items():
             components.setdefault(name, definition)
@@ -537,29 +510,61 @@ def _callback_secret_operations() -> dict[str, dict[str, Any]]:
     }
 
 
-def _paths(settings: Settings) -> dict[str, Any]:
+def _errors(method: str, path: str, served_by: list[str]) -> dict[int, list[str]]:
+    """The error codes of an operation: the API's, and the events process's where it serves the operation too."""
+    errors = {status: list(codes) for status, codes in OPERATION_ERRORS.get((method, path), {}).items()}
+    if EVENTS in served_by:
+        for status, codes in EVENTS_OPERATION_ERRORS[(method, path)].items():
+            errors.setdefault(status, []).extend(code for code in codes if code not in errors[status])
+    return errors
+
+
+def _paths(settings: Settings, events: bool) -> dict[str, Any]:
     operations = _operations(settings)
+    for methods in operations.values():
+        for operation in methods.values():
+            operation[SERVED_BY] = [API]
+    if events:
+        add_events_operations(operations, settings)
     paths: dict[str, Any] = {}
     for path, methods in operations.items():
         for method, operation in methods.items():
-            errors = OPERATION_ERRORS[(method, path)]
+            errors = _errors(method, path, operation[SERVED_BY])
             for status in sorted(errors):
-                operation["responses"][str(status)] = _error_response(status, errors[status])
+                answer = _error_response(status, errors[status])
+                other = operation["responses"].get(str(status))
+                if other is not None:  # a WebSocket route's 400 for a request that is no upgrade (text/plain)
+                    answer["description"] += " " + other["description"]
+                    answer["content"].update(other["content"])
+                operation["responses"][str(status)] = answer
             if (method, path) in PUBLIC_OPERATIONS:
                 operation["security"] = []
             else:
-                operation["security"] = [{"bearerAuth": []}]
+                operation.setdefault("security", [{"bearerAuth": []}])
                 operation["x-required-role"] = REQUIRED_ROLES.get((method, path), "submitter")
             paths.setdefault(path, {})[method] = operation
     return paths
 
 
-def build_document(settings: Settings | None = None) -> dict[str, Any]:
-    """The OpenAPI document for an app with these settings (the environment's when None)."""
+def build_document(settings: Settings | None = None, *, events: bool = True) -> dict[str, Any]:
+    """The OpenAPI document for an app with these settings (the environment's when None): the whole API as nginx
+    serves it, or with events=False only what the Flask app itself serves (for the fuzz runs, which call the Flask
+    app alone), without the events process's operations and the `wait` of GET /jobs/{id} and POST /jobs."""
     settings = settings or Settings()
     components: dict[str, Any] = {}
-    schemas = {**_request_schemas(settings, components), **_model_responses(components)}
+    models = RESPONSE_MODELS + EVENTS_MODELS if events else RESPONSE_MODELS
+    schemas = {**_request_schemas(settings, components), **_model_responses(components, models)}
+    if events:
+        schemas.update(events_schemas())
     components.update(schemas)
+    security_schemes: dict[str, Any] = {"bearerAuth": {
+        "type": "http", "scheme": "bearer",
+        "description": "`Authorization: Bearer <token>`: a token from `comfyq token create` (stored only as a "
+                       "hash), or COMFYQ_API_TOKEN, an operator token of tenant "
+                       f"`{settings.api_tenant}`. Each operation's `x-required-role` names the least role its "
+                       "token needs (submitter < admin < operator)."}}
+    if events:
+        security_schemes["streamToken"] = STREAM_TOKEN_SCHEME
     return {
         "openapi": OPENAPI_VERSION,
         "jsonSchemaDialect": JSON_SCHEMA_DIALECT,
@@ -571,19 +576,14 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
                            "retry them. Every error answers `{\"error\": {\"code\", \"message\", \"details\"}}`. "
                            "Tokens are bound to a tenant and a role (`submitter`, `admin` or `operator`); a "
                            "tenant sees only its own jobs, a tenant's admin acts on its own tenant only, an "
-                           "operator across tenants. See docs/api.md.",
+                           "operator across tenants. See docs/api.md. Two processes serve it behind nginx: the "
+                           "API and the events process (live streams and waits, docs/events.md); each operation "
+                           "names its own in `x-comfyq-served-by`.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
         "tags": [{"name": "jobs"}, {"name": "workflows"}, {"name": "stats"}, {"name": "admin"},
-                 {"name": "health"}],
-        "paths": _paths(settings),
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "`Authorization: Bearer <token>`: a token from `comfyq token create` (stored only "
-                               "as a hash), or COMFYQ_API_TOKEN, an operator token of tenant "
-                               f"`{settings.api_tenant}`. Each operation's `x-required-role` names the least "
-                               "role its token needs (submitter < admin < operator)."}}},
+                 {"name": "health"}, *([EVENTS_TAG] if events else [])],
+        "paths": _paths(settings, events),
+        "components": {"schemas": components, "securitySchemes": security_schemes},
     }
 
 

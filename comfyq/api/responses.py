@@ -417,11 +417,73 @@ class CallbackSecretList(Response):
     callback_secrets: list[CallbackSecret] = Field(description="By id, retired ones included.")
 
 
+# The events process (comfyq events) ----------------------------------------------------------------------------
+# Its messages and answers, for the document. The events process may not import the API (pyproject's import
+# contracts) and writes its per-subscriber messages as plain dicts, so it builds no model on its hot path;
+# tests/test_openapi.py holds the messages of a real events process to these models instead.
+class StreamSnapshot(Response):
+    """The first message of a per-job stream (none on a resume): the job as GET /jobs/{id} shows it."""
+
+    event: Literal["snapshot"]
+    job_id: int
+    status: Status
+    job: Job
+
+
+class StreamJobEvent(Response):
+    """One logged change of a job (a job_logs row); `id` is the stream's event id, to resume from."""
+
+    id: int = Field(description="The job_logs row's id: grows across the whole queue; the SSE `id:` line and the "
+                                "`Last-Event-ID` to resume from.")
+    job_id: int
+    event: str = Field(description="As in GET /jobs/{id}/logs: `queued`, `claimed`, `retry_scheduled`, `rescued`, "
+                                   "`released`, `resubmitted`, `outage`, `requeued`, `cancel_requested`, `succeeded`, "
+                                   "`failed`, `canceled`, `expired`, and (after the final state, so on tenant-wide "
+                                   "streams) `callback_delivered`, `callback_failed`.", examples=["claimed"])
+    status: Status | None = Field(description="The job's status after the event; null for a callback delivery.")
+    from_status: Status | None = Field(description="The job's status before; null for its first entry.")
+    attempt: Count
+    worker_id: str | None
+    workflow: str | None = Field(description="null for a raw graph.")
+    created_at: Timestamp
+    message: str = left_out(description="Why, for humans.")
+    details: dict[str, Any] = left_out(description="Structured detail, e.g. the error of an attempt.")
+    error: JobError = left_out(description="A retry or a failure: the job's error as it stands.")
+    outputs: list[JobOutput] = left_out(description="A success: the outputs, each with a download `url` as "
+                                                    "GET /jobs/{id} gives them.")
+
+
+class StreamProgress(Response):
+    """A running job's progress. Not logged, so it has no id and is not replayed on a resume."""
+
+    job_id: int
+    event: Literal["progress"]
+    status: Literal["running"]
+    attempt: Count
+    worker_id: str | None
+    workflow: str | None
+    progress: float = Field(ge=0, le=1)
+    current_node: str | None
+
+
+class StreamToken(Response):
+    """POST /events/token: a token for one stream, for clients that cannot send headers (EventSource)."""
+
+    model_config = _examples({"stream_token": "eyJ0IjoiYWNtZSIsInIiOiJzdWJtaXR0ZXIiLCJlIjoxNzY3NjA3MjYwLCJuIjoi"
+                                              "cVJ4In0.5f0c...", "expires_at": 1767607260, "expires_in": 60})
+
+    stream_token: str = Field(description="Pass as `?stream_token=`; good for one stream.")
+    expires_at: int = Field(description="Unix seconds.")
+    expires_in: int = Field(ge=1, description="Seconds it is good for (COMFYQ_EVENTS_STREAM_TOKEN_SECONDS).")
+
+
 # Every model a route answers with, for openapi.py (the models they nest come with them).
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Error, Submitted, BatchSubmitted, CancelResult, Job, DeduplicatedJob, JobList, JobLogPage, Stats,
     RetentionResult, Health, WorkflowList, Workflow, WorkerList, Worker, TokenList, Token, NewToken, TenantList,
     Tenant, CallbackSecretList, CallbackSecret, NewCallbackSecret)
+# What the events process answers, for openapi.py's events part.
+EVENTS_MODELS: tuple[type[BaseModel], ...] = (StreamSnapshot, StreamJobEvent, StreamProgress, StreamToken)
 
 
 class InvalidAnswer(Exception):

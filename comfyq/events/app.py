@@ -359,6 +359,7 @@ async def _job_interest(request: web.Request) -> Interest:
 
 async def _tenant_interest(request: web.Request) -> Interest:
     caller = await _caller(request)
+    _last_event_id(request)  # a bad one is a 400 before the stream starts, not a stream cut after its 200
     return Interest(caller.tenant, statuses=_set_of(request, "status", STATUSES),
                     workflows=_set_of(request, "workflow"))
 
