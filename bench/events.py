@@ -144,7 +144,6 @@ class StreamRun:
     missing: int  # events a stream should have received and did not
     idle_mb: float
     connected_mb: float
-    stalled_done: int = 0
 
 
 def stream_run(work: Path, *, per_job: int, tenant_wide: int, jobs: int, node_seconds: float,
