@@ -498,7 +498,9 @@ def local_env(data_dir: Path, port: int) -> tuple[dict[str, str], dict[str, str]
     """The environment of the `make n8n` instance (secrets filled from DATA/secrets.env) and which secrets came
     from that file."""
     env = n8n_env(data_dir, port=port, broker_port=int(os.environ.get("N8N_RUNNERS_BROKER_PORT", port + 1)))
-    env.setdefault("COMFYQ_API_URL", "http://127.0.0.1:8000")
+    if not env.get("COMFYQ_API_URL"):  # the local defaults: `make api` and `comfyq events` on their own ports
+        env["COMFYQ_API_URL"] = "http://127.0.0.1:8000"
+        env.setdefault("COMFYQ_EVENTS_URL", "http://127.0.0.1:8001")
     from_file = _secrets(data_dir, env)
     return env, from_file
 

@@ -1,8 +1,9 @@
 """The n8n tests' fixtures: one real n8n per session (the pinned version in n8n/node_modules, its own user folder
 and free ports), with the credentials and settings made from the environment and the committed workflows imported
 as `make n8n` does, running with $env blocked and without comfyq's variables, against a database, an API, a Slack
-Web API stand-in and an SMTP server of the session's own. The monitor's schedule is every 2 s instead of every
-minute (its copy is patched before import). Everything started here is stopped by PID in teardown."""
+Web API stand-in and an SMTP server of the session's own; its events_url is a free port on which a test that needs
+the events process starts one. The monitor's schedule is every 2 s instead of every minute (its copy is patched
+before import). Everything started here is stopped by PID in teardown."""
 
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ class N8n:
     config: dict[str, str]  # what the credentials and the settings workflow were made from
     db_url: str
     api_url: str
+    events_url: str  # the settings' events_url: a port kept free for a test to start `comfyq events` on
     submitter_token: str
     webhook_key: str
     storage_dir: Path
@@ -171,11 +173,13 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
         processes.append(api_proc)
 
         port = free_port()
+        events_url = f"http://127.0.0.1:{free_port()}"
         webhook_key = secrets.token_urlsafe(24)
         env = n8nctl.n8n_env(root / "user", port=port, broker_port=free_port(), base=_clean_base_env(), extra={
             **n8nctl.postgres_env(n8n_db_url),
             "N8N_ENCRYPTION_KEY": secrets.token_hex(24),
             "COMFYQ_API_URL": api_url,
+            "COMFYQ_EVENTS_URL": events_url,
             "COMFYQ_N8N_API_TOKEN": submitter,
             "COMFYQ_N8N_ADMIN_TOKEN": admin,
             "COMFYQ_N8N_WEBHOOK_KEY": webhook_key,
@@ -201,8 +205,9 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
         base_url = f"http://127.0.0.1:{port}"
         processes.append(_start_n8n(run_env, log_dir, base_url))
         yield N8n(base_url=base_url, env=run_env, config=env, db_url=n8n_db_url, api_url=api_url,
-                  submitter_token=submitter, webhook_key=webhook_key, storage_dir=storage_dir, log_dir=log_dir,
-                  slack=slack, mailbox=mailbox, process=processes[-1], thresholds=thresholds, started=processes)
+                  events_url=events_url, submitter_token=submitter, webhook_key=webhook_key,
+                  storage_dir=storage_dir, log_dir=log_dir, slack=slack, mailbox=mailbox, process=processes[-1],
+                  thresholds=thresholds, started=processes)
     finally:
         for process in reversed(processes):
             process.stop(timeout=20)

@@ -19,10 +19,10 @@ from comfyq.processes import ManagedProcess
 EVENTS_READY = r"comfyq events listening on (http://\S+)"
 
 
-def start_events(log_dir: Path, env: Mapping[str, str]) -> tuple[ManagedProcess, str]:
-    """`comfyq events` on a free port of loopback; returns the process and its base URL."""
+def start_events(log_dir: Path, env: Mapping[str, str], *, bind: str = "127.0.0.1:0") -> tuple[ManagedProcess, str]:
+    """`comfyq events` on `bind` (default: a free port of loopback); returns the process and its base URL."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    proc = ManagedProcess("comfyq-events", [sys.executable, "-m", "comfyq.cli", "events", "--bind", "127.0.0.1:0"],
+    proc = ManagedProcess("comfyq-events", [sys.executable, "-m", "comfyq.cli", "events", "--bind", bind],
                           env=full, log_path=log_dir / "comfyq-events.log")
     match = proc.start(EVENTS_READY, timeout=30)
     assert match is not None
