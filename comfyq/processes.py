@@ -51,7 +51,11 @@ class ManagedProcess:
         self._pump.start()
         if ready_pattern is None:
             return None
-        return self.wait_for(ready_pattern, timeout)
+        try:
+            return self.wait_for(ready_pattern, timeout)
+        except ProcessFailed:
+            self.stop()  # never ready: the caller gets no handle to stop it, so it must not live on
+            raise
 
     def _pump_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

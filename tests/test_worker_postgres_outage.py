@@ -5,6 +5,7 @@ the same way. The database is a cluster of the test's own (tests/support/private
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -208,3 +209,40 @@ def test_hung_postgres_is_an_outage_for_the_worker(stack: Stack, own_pg: Private
     record_figure("postgres SIGSTOP 10 s: worker detected after", f"{detected:.1f}s (I/O timeout 2 s); {counts}")
     assert worker.running()
     assert counts["recorded_twice"] == 0 and counts["failed"] == 0 and counts["attempts_spent"] == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_waits_out_a_database_outage_without_spinning(stack: Stack, own_pg: PrivatePostgres,
+                                                               record_figure: Any) -> None:
+    """Postgres stopped under an idle worker: the worker backs off between probes instead of looping (it once
+    burned 60% of a core for as long as the database was gone), and claims again once it is back."""
+    stack.db_url = own_pg.url
+    stack.standin("--node-seconds", "0.01")
+    worker = stack.worker("w1", db_connect_timeout="2", outage_backoff_max_seconds="3")
+    assert worker.proc is not None
+    own_pg.stop("fast")
+    try:
+        worker.wait_for(r"database unavailable", timeout=30)
+        before, started = _cpu_seconds(worker.proc.pid), time.monotonic()
+        time.sleep(5)
+        used = _cpu_seconds(worker.proc.pid) - before
+        share = used / (time.monotonic() - started)
+    finally:
+        own_pg.start()
+    record_figure("worker CPU while the database is down", f"{share:.1%} of a core")
+    assert share < 0.10, f"the worker used {share:.0%} of a core while the database was down"
+    conn = connect_once(own_pg.url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO job_queue (graph) VALUES (jsonb_build_object('1', jsonb_build_object("
+                        "'class_type', 'EmptyImage', 'inputs', jsonb_build_object('width', 8, 'height', 8, "
+                        "'batch_size', 1, 'color', 0)), '2', jsonb_build_object('class_type', 'SaveImage', "
+                        "'inputs', jsonb_build_object('images', jsonb_build_array('1', 0), 'filename_prefix', 't'))))")
+    finally:
+        conn.close()
+    wait_until(lambda: succeeded(own_pg.url) == 1, 60, "a job after the database came back")

@@ -305,8 +305,12 @@ class Worker:
         return (not self.stopping and self.pipeline.has_room and self._may_claim() and self.health.all_up())
 
     def _sleep_seconds(self, next_claim: float) -> float:
-        """Until something is due: a tick while attempts are in flight, the next claim, the next probe."""
-        candidates = [max(0.0, next_claim - time.monotonic())]
+        """Until something is due: a tick while attempts are in flight, the next claim (only while claiming is
+        allowed: a claim held back by an outage is not due, and counting it made the loop spin), the next
+        probe; the poll interval when nothing is."""
+        candidates = [self.settings.poll_interval_seconds]
+        if self._may_fill():
+            candidates.append(max(0.0, next_claim - time.monotonic()))
         if not self.pipeline.idle:
             candidates.append(TICK_SECONDS)
         probe = self.health.seconds_to_next_probe()
