@@ -122,7 +122,11 @@ def set_tenant(db: Database, name: str, *, allow_raw_graphs: bool = False, max_q
 
 def lookup(db: Database, token: str) -> Row | None:
     """The active token row for a presented secret, or None. The hash comparison is constant-time."""
-    digest = hash_token(token)
+    return lookup_hash(db, hash_token(token))
+
+
+def lookup_hash(db: Database, digest: str) -> Row | None:
+    """lookup() by the token's hash, for the web console's session, which keeps the hash and never the token."""
     row = db.fetch_one("token_lookup", {"token_hash": digest})
     if row is None or row["revoked_at"] is not None:
         return None
@@ -153,16 +157,23 @@ class CallerCache(Generic[T]):
 
     def get(self, token: str) -> tuple[bool, T | None]:
         """(known, caller): known is False when the token was never resolved or its entry expired."""
+        return self.get_by_hash(hash_token(token))
+
+    def get_by_hash(self, digest: str) -> tuple[bool, T | None]:
+        """get() for a token known by its hash only (the web console's session holds no token)."""
         with self._lock:
-            hit = self._entries.get(hash_token(token))
+            hit = self._entries.get(digest)
         if hit is not None and hit[0] > time.monotonic():
             return True, hit[1]
         return False, None
 
     def put(self, token: str, caller: T | None, seconds: float) -> None:
+        self.put_by_hash(hash_token(token), caller, seconds)
+
+    def put_by_hash(self, digest: str, caller: T | None, seconds: float) -> None:
         if seconds <= 0:
             return
         with self._lock:
             if len(self._entries) > CALLER_CACHE_MAX:
                 self._entries.clear()
-            self._entries[hash_token(token)] = (time.monotonic() + seconds, caller)
+            self._entries[digest] = (time.monotonic() + seconds, caller)

@@ -7,6 +7,7 @@ minute per process, with how many uses it stands for) and the settings refuse a 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -81,12 +82,20 @@ def _unauthorized(message: str = "a valid 'Authorization: Bearer <token>' header
 
 
 def _resolve(token: str, settings: Settings) -> Caller | None:
-    if tokens.is_bootstrap(token, settings.api_token):
+    return _resolve_hash(tokens.hash_token(token), settings)
+
+
+def _is_bootstrap_hash(digest: str, settings: Settings) -> bool:
+    return bool(settings.api_token) and hmac.compare_digest(digest, tokens.hash_token(settings.api_token or ""))
+
+
+def _resolve_hash(digest: str, settings: Settings) -> Caller | None:
+    if _is_bootstrap_hash(digest, settings):
         limits = tokens.tenant_limits(services().db, settings.api_tenant) or {}
         return Caller(tenant=settings.api_tenant, role="operator", allow_raw_graphs=True,
                       max_queued_jobs=limits.get("max_queued_jobs"), rate_per_second=limits.get("rate_per_second"),
                       rate_burst=limits.get("rate_burst"), bootstrap=True)
-    row = tokens.lookup(services().db, token)
+    row = tokens.lookup_hash(services().db, digest)
     if row is None:
         return None
     with bookkeeping_write():
@@ -94,6 +103,22 @@ def _resolve(token: str, settings: Settings) -> Caller | None:
     return Caller(tenant=row["tenant"], role=row["role"], allow_raw_graphs=bool(row["allow_raw_graphs"]),
                   max_queued_jobs=row["max_queued_jobs"], rate_per_second=row["rate_per_second"],
                   rate_burst=row["rate_burst"], token_id=row["id"])
+
+
+def caller_for_hash(digest: str) -> Caller | None:
+    """The caller behind a token known by its SHA-256 hash (the web console's session keeps the hash, never the
+    token): the same lookup, cache and bootstrap-token rules as a bearer token, so revoking a token ends the
+    console sessions signed in with it within COMFYQ_TOKEN_CACHE_SECONDS."""
+    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
+    known, caller = _cache.get_by_hash(digest)
+    if not known:
+        caller = _resolve_hash(digest, settings)
+        _cache.put_by_hash(digest, caller, settings.token_cache_seconds)
+    if caller is not None and caller.bootstrap:
+        _note_bootstrap_use()
+    if caller is not None:
+        g.caller = caller
+    return caller
 
 
 def require_token(role: str = "submitter") -> Caller:

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
+from werkzeug.datastructures import MultiDict
 from werkzeug.routing import IntegerConverter, Map
 
 from comfyq.api.api_errors import MAX_LISTED_ERRORS, ApiError, validation_details
@@ -78,8 +79,8 @@ def _request_hash(key: str | None, path: str, body: Any) -> str | None:
     return None if key is None else _canonical_hash({"path": path, "body": body})
 
 
-def _idempotency_key() -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
+def _idempotency_key(key: str | None) -> str | None:
+    """The request's Idempotency-Key header, checked; None without one."""
     if key is None:
         return None
     key = key.strip()
@@ -158,26 +159,31 @@ def _location(job_id: int) -> str:
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     caller = require_token()
     enforce_rate(caller)
-    body = json_body()
+    row, status, deduplicated = submit_one(caller, json_body(), request.headers.get(IDEMPOTENCY_HEADER))
+    if deduplicated:
+        return answer(DeduplicatedJob, {**present(row), "deduplicated": True}), 200, {"Location": _location(row["id"])}
+    return answer(Submitted, _submitted(row)), status, {"Location": _location(row["id"])}
+
+
+def submit_one(caller: Caller, body: dict[str, Any], key_header: str | None) -> tuple[dict[str, Any], int, bool]:
+    """One submission validated and written, for POST /jobs and the web console: (the job's row, 200 for a replay
+    or a deduplicated twin and 202 for a new job, whether the row is a succeeded twin). Raises ApiError."""
     req = validated(JobRequest, body)
     new_job = build_job(req, caller, _settings())
     if req.dedupe and new_job.dedupe_hash:
         twin = services().queue.succeeded_twin(caller.tenant, new_job.dedupe_hash)
         if twin is not None:
-            return (answer(DeduplicatedJob, {**present(twin), "deduplicated": True}), 200,
-                    {"Location": _location(twin["id"])})
-    key = _idempotency_key()
+            return twin, 200, True
+    key = _idempotency_key(key_header)
     _enforce_quota_unless_replay(caller, key, 1)
     try:
         submission = services().queue.submit([new_job], caller.tenant, idempotency_key=key,
                                              request_hash=_request_hash(key, "/jobs", body))
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
-    row = submission.rows[0]
     if not submission.replayed:
         count_submitted(1)
-    status = 200 if submission.replayed else 202
-    return answer(Submitted, _submitted(row)), status, {"Location": _location(row["id"])}
+    return submission.rows[0], 200 if submission.replayed else 202, False
 
 
 @contextlib.contextmanager
@@ -216,7 +222,7 @@ def _submit_batch() -> tuple[Response, int]:
         listed = "" if invalid <= len(problems) else f" (the first {len(problems)} are listed)"
         raise ApiError(422, "invalid_batch_items", f"{invalid} item(s) are invalid{listed}; nothing was written",
                        {"items": problems, "invalid": invalid})
-    key = _idempotency_key()
+    key = _idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
     _enforce_quota_unless_replay(caller, key, len(jobs))
     try:
         submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
@@ -270,9 +276,13 @@ def get_job(job_id: int) -> Response:
 
 @bp.get("/jobs/<int:job_id>/outputs/<int:index>")
 def get_output(job_id: int, index: int) -> ResponseReturnValue:
-    """One stored output of one of the caller's jobs: streamed from local storage (Content-Type, ETag,
-    Last-Modified, range requests), or a redirect to a short-lived signed URL of the object storage."""
-    caller = require_token()
+    return output_response(require_token(), job_id, index)
+
+
+def output_response(caller: Caller, job_id: int, index: int) -> ResponseReturnValue:
+    """One stored output of one of the caller's jobs (GET /jobs/{id}/outputs/{i} and the web console): streamed
+    from local storage (Content-Type, ETag, Last-Modified, range requests), or a redirect to a short-lived signed
+    URL of the object storage."""
     row = services().queue.get(job_id, caller.tenant)
     outputs = (row or {}).get("outputs") or []
     if row is None or not 0 <= index < len(outputs):
@@ -292,8 +302,12 @@ def get_output(job_id: int, index: int) -> ResponseReturnValue:
 
 @bp.get("/jobs")
 def list_jobs() -> Response:
-    caller = require_token()
-    args = request.args
+    return answer(JobList, list_page(require_token(), request.args))
+
+
+def list_page(caller: Caller, args: MultiDict[str, str]) -> dict[str, Any]:
+    """One page of the caller's jobs (GET /jobs and the web console): {"jobs", "next_cursor"}; raises ApiError
+    for a bad query."""
     unknown = set(args) - {"status", "workflow", "since", "limit", "cursor"}
     if unknown:
         raise ApiError(400, "invalid_query", "unknown query parameters", {"unknown": sorted(unknown)})
@@ -321,7 +335,7 @@ def list_jobs() -> Response:
                                  before_id=before_id, limit=limit + 1)
     page = rows[:limit]
     next_cursor = encode_cursor(JOBS_CURSOR, page[-1]["id"]) if len(rows) > limit else None
-    return answer(JobList, {"jobs": [present(row) for row in page], "next_cursor": next_cursor})
+    return {"jobs": [present(row) for row in page], "next_cursor": next_cursor}
 
 
 @bp.delete("/jobs/<int:job_id>")
@@ -331,19 +345,29 @@ def cancel_job(job_id: int) -> Response:
     and answer. The job's row and history stay (retention deletes finished jobs)."""
     caller = require_token()
     enforce_rate(caller)
+    return answer(CancelResult, {**_submitted(cancel(caller, job_id)), "cancel_requested": True})
+
+
+def cancel(caller: Caller, job_id: int) -> dict[str, Any]:
+    """Cancel one of the caller's jobs (the cancel routes and the web console); raises ApiError 404 or 409."""
     row = services().queue.cancel(job_id, caller.tenant)
     if row is None:
         current = services().queue.status(job_id, caller.tenant)
         if current is None:
             raise ApiError(404, "not_found", f"no job {job_id}")
         raise ApiError(409, "not_cancelable", f"job {job_id} is already {current}", {"status": current})
-    return answer(CancelResult, {**_submitted(row), "cancel_requested": True})
+    return row
 
 
 @bp.post("/jobs/<int:job_id>/retry")
 def retry_job(job_id: int) -> Response:
     caller = require_token()
     enforce_rate(caller)
+    return answer(Submitted, _submitted(retry(caller, job_id)))
+
+
+def retry(caller: Caller, job_id: int) -> dict[str, Any]:
+    """Queue one of the caller's ended jobs again (POST /jobs/{id}/retry and the web console); raises ApiError."""
     current = services().queue.status(job_id, caller.tenant)
     if current is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
@@ -354,4 +378,4 @@ def retry_job(job_id: int) -> Response:
     row = services().queue.retry(job_id, caller.tenant)
     if row is None:  # it changed between the two reads
         raise ApiError(409, "not_retryable", f"job {job_id} changed state; read it again")
-    return answer(Submitted, _submitted(row))
+    return row
