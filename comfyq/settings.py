@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     events_api_url: str = "http://127.0.0.1:8000"  # where POST /jobs?wait= hands the submission to the API
     events_url: str | None = None  # where the CLI (watch, submit --wait) reads job streams; unset = api_url
 
+    # The web console (/ui/, docs/ui.md). Its session cookie is signed with console_secret; every API worker and
+    # host must share it, so unset means derived from events_stream_secret, and with neither the console is off.
+    console_secret: str | None = Field(default=None, min_length=32)
+    console_events_url: str = ""  # where console pages open job streams; empty = their own origin (nginx)
+
     log_level: str = "INFO"
 
     @field_validator("api_token")
@@ -241,7 +246,7 @@ class Settings(BaseSettings):
     def band_floors(self) -> tuple[int, ...]:
         return tuple(int(part) for part in self.redis_band_floors.split(","))
 
-    @field_validator("metrics_token", "events_stream_secret", mode="before")
+    @field_validator("metrics_token", "events_stream_secret", "console_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return value or None

@@ -25,6 +25,7 @@ from schemathesis.checks import not_a_server_error
 
 from comfyq import tokens
 from comfyq.api.app import create_app
+from comfyq.api.console import ENDPOINT_PREFIX as CONSOLE_ENDPOINTS
 from comfyq.api.openapi import OPERATION_ERRORS, PUBLIC_OPERATIONS, build_document
 from comfyq.api.openapi_events import (
     API,
@@ -73,7 +74,8 @@ def flask_operations(app: Flask) -> set[tuple[str, str]]:
     """(method, OpenAPI-style path) of every route, without the HEAD and OPTIONS that Flask adds."""
     found = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        # The web console's HTML pages (/ and /ui/...) are no API operations: left out of the document on purpose.
+        if rule.endpoint == "static" or rule.endpoint.startswith(CONSOLE_ENDPOINTS):
             continue
         path = rule.rule
         for argument in rule.arguments:

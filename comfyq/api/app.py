@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from comfyq.api.admin_api import bp as admin_bp  # noqa: PLC0415
     from comfyq.api.api_errors import register_error_handlers  # noqa: PLC0415
+    from comfyq.api.console import init_console  # noqa: PLC0415
     from comfyq.api.health_api import bp as health_bp  # noqa: PLC0415
     from comfyq.api.job_logs_api import bp as job_logs_bp  # noqa: PLC0415
     from comfyq.api.jobs_api import BigintConverter  # noqa: PLC0415
@@ -40,5 +41,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(admin_bp)
     app.register_blueprint(workflows_bp)
     app.register_blueprint(openapi_bp)
+    init_console(app, settings)
     init_metrics(app)
     return app
