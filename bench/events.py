@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -149,8 +150,9 @@ class StreamRun:
 def stream_run(work: Path, *, per_job: int, tenant_wide: int, jobs: int, node_seconds: float,
                workers: int = 2) -> StreamRun:
     """`jobs` jobs queued, `per_job` of them watched by a stream of their own and `tenant_wide` streams on the
-    whole tenant (each half SSE, half WS), all open before `workers` real workers start and run the jobs through
-    the stand-in. Each logged event's delay runs from its job_logs row's created_at (the start of the worker's
+    whole tenant (each half SSE, half WS). The `workers` real workers start first (their start-up is not part of
+    the run) and the jobs are held back by their run_at until every stream is open; then they run through the
+    stand-in. Each logged event's delay runs from its job_logs row's created_at (the start of the worker's
     transaction, so the delay includes its commit) to its arrival at each stream that should get it."""
     assert per_job <= jobs
     with scratch_database(work) as (url, db), contextlib.ExitStack() as stack:
@@ -160,7 +162,15 @@ def stream_run(work: Path, *, per_job: int, tenant_wide: int, jobs: int, node_se
         stack.callback(standin.stop)
         events, host, port = _start_events(work, url, "http://127.0.0.1:9")
         stack.callback(events.stop)
-        job_ids = [int(row["id"]) for row in JobQueue(db).enqueue_many([NewJob(graph=GRAPH) for _ in range(jobs)])]
+        for index in range(workers):  # started first: a worker's start-up burst of CPU is not part of the run
+            worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
+                                                  "COMFYQ_STORAGE_DIR": str(work / "outputs"),
+                                                  "COMFYQ_POLL_INTERVAL_SECONDS": "0.2",
+                                                  "COMFYQ_LOG_LEVEL": "INFO"}, name=f"events-worker-{index}")
+            stack.callback(worker.stop)
+        held = datetime.now(UTC) + timedelta(hours=1)  # queued, not due until every stream is open
+        job_ids = [int(row["id"]) for row in JobQueue(db).enqueue_many(
+            [NewJob(graph=GRAPH, run_at=held) for _ in range(jobs)])]
         specs: list[tuple[str, int | None]] = [("sse" if i % 2 == 0 else "ws", job_ids[i]) for i in range(per_job)]
         specs += [("sse" if i % 2 == 0 else "ws", None) for i in range(tenant_wide)]
         loop = asyncio.new_event_loop()
@@ -171,11 +181,7 @@ def stream_run(work: Path, *, per_job: int, tenant_wide: int, jobs: int, node_se
         time.sleep(0.5)
         connected_mb = rss_mb(events.pid)
         started = time.monotonic()
-        for index in range(workers):
-            worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
-                                                  "COMFYQ_STORAGE_DIR": str(work / "outputs"),
-                                                  "COMFYQ_LOG_LEVEL": "INFO"}, name=f"events-worker-{index}")
-            stack.callback(worker.stop)
+        db.execute("release_delayed_jobs")
         loop.run_until_complete(_until_finished(db, job_ids, readers))
         seconds = time.monotonic() - started
         for reader in readers:

@@ -32,6 +32,7 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 PROGRESS_CHANNEL = "comfyq_job_progress"
 READ_LIMIT = 1000
 RECONNECT_SECONDS = 1.0
+FOLLOW_UP_SECONDS = 0.02  # a read this long after a notification finds the claims that follow a job's end
 GAPS_SKIPPED = Counter("comfyq_events_gap_ids_skipped_total",
                        "job_logs ids the event feed stopped waiting for (taken as rolled back)")
 
@@ -163,11 +164,13 @@ class JobEventFeed:
     each batch in id order (progress after); the receiver hands them to its own loop."""
 
     def __init__(self, log_: EventLog, publish: Callable[[list[JobEvent], int], None], *, gap_wait: float,
-                 poll_seconds: float, gap_poll_seconds: float = 0.01) -> None:
+                 poll_seconds: float, gap_poll_seconds: float = 0.01,
+                 follow_up_seconds: float = FOLLOW_UP_SECONDS) -> None:
         self.log = log_
         self.publish = publish
         self.poll_seconds = poll_seconds
         self.gap_poll_seconds = gap_poll_seconds
+        self.follow_up_seconds = follow_up_seconds
         self.gap_wait = gap_wait
         self.cursor: GapCursor | None = None
         self._closing = threading.Event()
@@ -188,6 +191,7 @@ class JobEventFeed:
 
     def _run(self) -> None:
         listener: Listener | None = None
+        follow_up = False
         while not self._closing.is_set():
             try:
                 if listener is None:
@@ -199,10 +203,9 @@ class JobEventFeed:
                     self.ready.set()
                     self._catch_up()  # anything committed while the connection was down
                 else:
-                    wait = self.gap_poll_seconds if self.cursor is not None and self.cursor.waiting \
-                        else self.poll_seconds
-                    received = listener.notifications(wait, (self._wake_read,))
+                    received = listener.notifications(self._next_wait(follow_up), (self._wake_read,))
                     self._catch_up()
+                follow_up = bool(received)
                 progressed = sorted({int(payload) for channel, payload in received
                                      if channel == PROGRESS_CHANNEL and payload.isdigit()})
                 if progressed:
@@ -217,6 +220,14 @@ class JobEventFeed:
                 self._closing.wait(RECONNECT_SECONDS)
         if listener is not None:
             listener.close()
+
+    def _next_wait(self, follow_up: bool) -> float:
+        """How long to wait for a notification before reading anyway: briefly while a gap holds rows back; briefly
+        once after a notification, because a worker that just finished a job claims the next one a few
+        milliseconds later and claims send none; else the poll interval."""
+        if self.cursor is not None and self.cursor.waiting:
+            return self.gap_poll_seconds
+        return self.follow_up_seconds if follow_up else self.poll_seconds
 
     def _position(self) -> int:
         return self.cursor.position if self.cursor is not None else 0

@@ -27,3 +27,7 @@ SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM logs) AS logs,
 INSERT INTO job_logs (job_id, event, from_status, to_status, attempt, message)
 VALUES (%(job_id)s, 'cancel_requested', 'queued', 'queued', 0, %(message)s)
 RETURNING id;
+
+-- name: release_delayed_jobs
+-- Benchmarks: every queued job held back by a far run_at becomes due at once (workers and streams start first).
+UPDATE job_queue SET run_at = now() WHERE status = 'queued' AND run_at > now();
