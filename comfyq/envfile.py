@@ -35,6 +35,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "POSTGRES_PASSWORD": _password,
     "COMFYQ_API_TOKEN": _api_token,
     "COMFYQ_METRICS_TOKEN": lambda: secrets.token_urlsafe(32),
+    "COMFYQ_EVENTS_STREAM_SECRET": lambda: secrets.token_urlsafe(48),
     "MINIO_ROOT_PASSWORD": _password,
     "COMFYQ_CALLBACK_SECRET": _webhook_secret,
     "GRAFANA_ADMIN_PASSWORD": _password,
