@@ -137,6 +137,14 @@ class JobQueue:
         self._publish_new(rows, jobs)  # after the commit: a worker that gets the message finds the row
         return Submission(rows, replayed=False)
 
+    def submission_jobs(self, tenant: str, key: str) -> list[dict[str, Any]] | None:
+        """The jobs (id, status) a submission under this Idempotency-Key created, in order; None for an unknown
+        key. The web console shows a sweep's jobs by the key it submitted them under."""
+        submission = self.db.fetch_one("submission_get", {"tenant": tenant, "key": key})
+        if submission is None:
+            return None
+        return self.db.fetch_all("jobs_status_by_ids", {"ids": submission["job_ids"] or []})
+
     def idempotency_key_used(self, tenant: str, key: str) -> bool:
         """Whether a submission under this key exists already: a repeat adds no jobs, so quotas skip it."""
         return self.db.fetch_one("submission_get", {"tenant": tenant, "key": key}) is not None

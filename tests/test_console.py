@@ -192,3 +192,109 @@ def test_pages_fit_a_phone_and_assets_stay_small(console: Console) -> None:
             page.goto(console.base + path)
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
         screenshot(page, "phone-submit")
+
+
+def submit_form(page: Page) -> None:
+    """The submit page's template form, filled for a small, quick txt2img job."""
+    page.get_by_role("link", name="Submit").click()
+    page.get_by_label("Prompt", exact=True).fill("a sweep")
+    for label, value in (("Width", "64"), ("Height", "64"), ("Steps", "1")):
+        page.get_by_label(label, exact=True).fill(value)
+
+
+def test_a_sweep_is_one_batch_with_the_batch_limits_and_messages(console: Console) -> None:
+    with browsing(console) as (context, page):
+        sign_in(console, page, console.token_a)
+        submit_form(page)
+        page.get_by_label("Vary").select_option("seed")
+        page.get_by_label("From").fill("1")
+        page.get_by_label("To").fill("10001")  # one more than COMFYQ_MAX_BATCH_JOBS: the batch's own refusal
+        page.get_by_role("button", name="Submit").click()
+        expect(page.locator("#e-sweep")).to_have_text("a batch holds at most 10000 jobs")
+        page.get_by_label("Vary").select_option("prompt")
+        page.get_by_label("Values, one per line").fill("a red barn\n\na blue barn\na green barn\n")
+        page.get_by_label("Width", exact=True).fill("100")  # every item shares it: said once, next to the field
+        page.get_by_role("button", name="Submit").click()
+        expect(page.locator("#e-width")).to_contain_text("is not a multiple of 8")
+        expect(page.locator("#form-error")).to_contain_text("3 item(s) are invalid; nothing was written")
+        page.get_by_label("Width", exact=True).fill("64")
+        page.get_by_label("Values, one per line").fill("a red barn\n" + "x" * 10_001 + "\na green barn")
+        page.get_by_role("button", name="Submit").click()
+        expect(page.locator("#e-sweep")).to_have_text("line 2: longer than 10000 characters")
+        page.locator("#e-sweep").scroll_into_view_if_needed()
+        screenshot(page, "submit-sweep")
+        page.get_by_label("Vary").select_option("seed")
+        page.get_by_label("To").fill("5")
+        key = page.locator("input[name=submission_key]").input_value()
+        form = page.evaluate("Object.fromEntries(new FormData(document.querySelector('form[method=post].card')))")
+        page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_role("heading", name="Batch of 5 jobs")).to_be_visible()
+        assert page.url.endswith(f"/ui/batches/{key}")
+        ids = [int(i) for i in page.locator("#batch-jobs li").evaluate_all("items => items.map(i => i.dataset.jobId)")]
+        rows = [console.queue.get(job_id, "tenant-a") for job_id in ids]
+        assert [(r or {}).get("params", {}).get("seed") for r in rows] == [1, 2, 3, 4, 5]
+        assert {(r or {})["params"]["prompt"] for r in rows} == {"a sweep"}
+        screenshot(page, "batch")
+        # The same form again (a double click, a resent POST): the batch's Idempotency-Key answers with its jobs.
+        again = context.request.post(f"{console.base}/ui/submit", form=form, max_redirects=0)
+        assert again.status == 303 and again.headers["location"].endswith(f"/ui/batches/{key}")
+        assert [r["id"] for r in console.queue.submission_jobs("tenant-a", key) or []] == ids
+        assert context.request.get(f"{console.base}/ui/batches/{key}").ok
+        with browsing(console) as (other_context, other):  # another tenant cannot open it
+            sign_in(console, other, console.token_b)
+            refused = other_context.request.get(f"{console.base}/ui/batches/{key}")
+            assert refused.status == 404 and "No such batch." in refused.text()
+
+
+def test_download_an_output_and_resubmit_a_job(console: Console) -> None:
+    with browsing(console) as (_, page):
+        sign_in(console, page, console.token_a)
+        submit_form(page)
+        page.get_by_role("button", name="Submit").click()
+        expect(page.locator("#job-status")).to_have_text("succeeded", timeout=30_000)
+        first = int(page.url.rsplit("/", 1)[1])
+        with page.expect_download() as download:
+            page.get_by_role("link", name=re.compile(r"^Download output 0")).click()
+        assert Path(download.value.path()).read_bytes().startswith(b"\x89PNG")
+        assert download.value.suggested_filename.endswith(".png")
+        page.get_by_role("button", name="Re-submit as a new job").click()
+        expect(page.get_by_role("status").first).to_contain_text(f"a re-submission of job {first}")
+        second = int(page.url.rsplit("/", 1)[1])
+        assert second != first
+        old, new = console.queue.get(first, "tenant-a"), console.queue.get(second, "tenant-a")
+        assert old is not None and new is not None
+        assert new["workflow"] == old["workflow"] == "txt2img" and new["params"] == old["params"]  # the seed too
+        expect(page.locator("#job-status")).to_have_text("succeeded", timeout=30_000)
+
+
+# Fails at execution in the stand-in as in ComfyUI: a blur radius at least the image's size cannot be padded.
+FAILING_GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 1}},
+                 "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 20, "sigma": 1.0}},
+                 "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f"}}}
+
+
+def test_a_failed_job_shows_its_error_readably_and_retries(console: Console) -> None:
+    later = datetime.now(UTC) + timedelta(seconds=2)  # the page is open (and live) before the job runs
+    job_id = console.queue.enqueue(NewJob(graph=FAILING_GRAPH, tenant="tenant-a", max_attempts=1, run_at=later))["id"]
+    with browsing(console) as (_, page):
+        sign_in(console, page, console.token_a)
+        page.goto(f"{console.base}/ui/jobs/{job_id}")
+        expect(page.locator("#job-retry")).to_be_hidden()
+        expect(page.locator("#job-status")).to_have_text("failed", timeout=30_000)
+        expect(page.locator("#job-error-type")).to_have_text("execution_error")
+        expect(page.locator("#job-error-message")).to_contain_text("Padding size should be less than")
+        expect(page.locator("#job-error-node")).to_have_text("2 (ImageBlur)")
+        expect(page.locator("#job-error-traceback")).to_contain_text("File ")
+        expect(page.locator("#job-error-details-box")).to_be_visible()
+        assert "{" not in page.locator("#job-error dl").inner_text(), "the error is shown as fields, not JSON"
+        live = page.locator("#job-error").inner_text()
+        page.reload()  # the server's rendering of the same error says the same
+        expect(page.locator("#job-error-traceback")).to_be_visible()
+        assert page.locator("#job-error").inner_text() == live
+        screenshot(page, "job-failed")
+        page.get_by_role("button", name="Retry this job").click()
+        expect(page.get_by_role("status").first).to_contain_text(f"Job {job_id}: queued again")
+        expect(page.locator("#job-status")).to_have_text("failed", timeout=30_000)
+        expect(page.locator("#job-timeline li", has_text="failed")).to_have_count(2)
+        row = console.queue.get(job_id, "tenant-a")
+        assert row is not None and row["status"] == "failed" and row["error"]["details"]["node_type"] == "ImageBlur"

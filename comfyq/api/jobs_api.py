@@ -213,6 +213,14 @@ def _submit_batch() -> tuple[Response, int]:
     # Counted while the body is read (413 as soon as the item past the limit arrives), and once more here for a
     # list short enough to be read in one piece: either way before any item is validated.
     body = json_body(max_bytes=settings.max_batch_body_bytes, max_list_items=settings.max_batch_jobs)
+    written, status = submit_many(caller, body, request.headers.get(IDEMPOTENCY_HEADER))
+    return answer(BatchSubmitted, {"count": len(written), "jobs": written}), status
+
+
+def submit_many(caller: Caller, body: dict[str, Any], key_header: str | None) -> tuple[list[dict[str, Any]], int]:
+    """A batch body validated and written all or nothing, for POST /jobs/batch and the web console's sweeps:
+    ([{id, status}] of its jobs, 200 for a replay and 202 for new jobs). Raises ApiError."""
+    settings = _settings()
     items = body.get("jobs")
     if isinstance(items, list) and len(items) > settings.max_batch_jobs:
         raise too_many_items(len(items), settings.max_batch_jobs)
@@ -222,7 +230,7 @@ def _submit_batch() -> tuple[Response, int]:
         listed = "" if invalid <= len(problems) else f" (the first {len(problems)} are listed)"
         raise ApiError(422, "invalid_batch_items", f"{invalid} item(s) are invalid{listed}; nothing was written",
                        {"items": problems, "invalid": invalid})
-    key = _idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+    key = _idempotency_key(key_header)
     _enforce_quota_unless_replay(caller, key, len(jobs))
     try:
         submission = services().queue.submit(jobs, caller.tenant, idempotency_key=key,
@@ -231,8 +239,7 @@ def _submit_batch() -> tuple[Response, int]:
         raise ApiError(409, "idempotency_key_reused", str(exc), {"idempotency_key": key}) from exc
     if not submission.replayed:
         count_submitted(len(submission.rows))
-    written = [_submitted(row) for row in submission.rows]
-    return answer(BatchSubmitted, {"count": len(written), "jobs": written}), 200 if submission.replayed else 202
+    return [_submitted(row) for row in submission.rows], 200 if submission.replayed else 202
 
 
 def _build_batch(batch: BatchRequest, caller: Caller, settings: Settings,

@@ -1,9 +1,10 @@
-"""The console's pages. Each one reaches the queue through the same functions as the JSON routes
-(jobs_api.submit_one, list_page, cancel, retry, output_response), so the rules, limits and messages are the API's.
+"""The console's pages. Each one reaches the queue through the same functions as the JSON routes (jobs_api.submit_one,
+submit_many, list_page, cancel, retry, output_response), so the rules, limits and messages are the API's.
 Every page but sign-in needs a session; every POST needs the session's CSRF token."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
@@ -14,7 +15,7 @@ from werkzeug.datastructures import MultiDict
 from comfyq.api import jobs_api
 from comfyq.api.api_errors import ApiError, validation_details
 from comfyq.api.auth import Caller
-from comfyq.api.console import forms
+from comfyq.api.console import forms, job_page, sweeps
 from comfyq.api.console.session import csrf_ok, csrf_token, sign_in, signed_in
 from comfyq.api.limits import enforce_rate
 from comfyq.api.node_check import workflow_node_limits
@@ -22,6 +23,7 @@ from comfyq.api.services import services
 from comfyq.jobs import STATUSES, TERMINAL_STATUSES
 from comfyq.settings import Settings
 from comfyq.stream_tokens import StreamCaller, StreamTokens
+from comfyq.workflows import Workflow
 
 bp = Blueprint("console", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 PUBLIC_ENDPOINTS = {"console.signin", "console.static"}
@@ -128,26 +130,77 @@ def submit() -> ResponseReturnValue:
     workflow = workflows.get(name)
     if workflow is None:
         return render_template("message.html", title="Submit", message=f"No workflow template named {name!r}."), 404
+    settings = _settings()
     errors: dict[str, str] = {}
     form = request.form if request.method == "POST" else None
     if form is not None:
-        caller = _caller()
-        try:
-            enforce_rate(caller)
-            row, _, _ = jobs_api.submit_one(caller, forms.job_body(workflow, form), None)
-        except ValidationError as exc:  # the body's shape, answered 422 by the API's error handler
-            errors = forms.field_errors(ApiError(422, "validation_error", "the request body failed validation",
-                                                 validation_details(exc)))
-        except ApiError as exc:
-            errors = forms.field_errors(exc)
+        outcome = _submit_form(workflow, form, settings)
+        if isinstance(outcome, dict):
+            errors = outcome
         else:
+            return outcome
+    # Each rendering carries a new submission key; going back must fetch a new one, not resubmit under the old.
+    return render_template(
+        "submit.html", workflows=sorted(workflows), workflow=workflow, errors=errors,
+        fields=forms.fields(workflow, workflow_node_limits(workflow), form), form=form or MultiDict(),
+        priority=form.get("priority", "0") if form is not None else "0", general=errors.get(forms.GENERAL),
+        priority_min=settings.priority_min, priority_max=settings.priority_max, sweepable=sweeps.sweepable(workflow),
+        max_batch_jobs=settings.max_batch_jobs, submission_key=f"console-{secrets.token_urlsafe(18)}",
+    ), 200, {"Cache-Control": "no-store"}
+
+
+def _submit_form(workflow: Workflow, form: MultiDict[str, str], settings: Settings,
+                 ) -> ResponseReturnValue | dict[str, str]:
+    """The form submitted as POST /jobs (one job) or POST /jobs/batch (a sweep) would be, under the form's
+    submission key as Idempotency-Key (a double click or a resent form adds no jobs): a redirect to the job or
+    the batch, or the errors by field."""
+    caller = _caller()
+    key = form.get("submission_key") or f"console-{secrets.token_urlsafe(18)}"
+    try:
+        sweep = sweeps.parse(workflow, form, settings.max_batch_jobs)
+    except ApiError as exc:
+        return {sweeps.FIELD: exc.message, forms.GENERAL: "The sweep was refused; nothing was written."}
+    try:
+        enforce_rate(caller)
+        if sweep is None:
+            row, _, _ = jobs_api.submit_one(caller, forms.job_body(workflow, form), key)
             return redirect(url_for("console.job", job_id=row["id"]), code=303)
-    settings = _settings()
-    priority = form.get("priority", "0") if form is not None else "0"
-    return render_template("submit.html", workflows=sorted(workflows), workflow=workflow, errors=errors,
-                           fields=forms.fields(workflow, workflow_node_limits(workflow), form),
-                           priority=priority, general=errors.get(forms.GENERAL),
-                           priority_min=settings.priority_min, priority_max=settings.priority_max)
+        jobs_api.submit_many(caller, sweeps.batch_body(forms.job_body(workflow, form), sweep), key)
+        return redirect(url_for("console.batch", key=key), code=303)
+    except ValidationError as exc:  # the body's shape, answered 422 by the API's error handler
+        return forms.field_errors(ApiError(422, "validation_error", "the request body failed validation",
+                                           validation_details(exc)))
+    except ApiError as exc:
+        return forms.field_errors(exc) if sweep is None else sweeps.batch_errors(exc, sweep)
+
+
+@bp.get("/batches/<key>")
+def batch(key: str) -> ResponseReturnValue:
+    """The jobs one sweep created, found by the submission key they were written under (tenant-scoped)."""
+    rows = services().queue.submission_jobs(_caller().tenant, key)
+    if rows is None:
+        return render_template("message.html", title="Batch", message="No such batch."), 404
+    return render_template("batch.html", jobs=rows)
+
+
+@bp.post("/jobs/<int:job_id>/resubmit")
+def resubmit(job_id: int) -> ResponseReturnValue:
+    """A new job with the same workflow and params (the stored ones, random seeds included, so it reproduces
+    the first) or the same raw graph, priority, attempts and timeout, through POST /jobs's code."""
+    caller = _caller()
+    row = services().queue.get(job_id, caller.tenant)
+    if row is None:
+        flash(f"no job {job_id}", "error")
+        return redirect(url_for("console.jobs"), code=303)
+    try:
+        enforce_rate(caller)
+        new, _, _ = jobs_api.submit_one(caller, job_page.resubmit_body(row), None)
+    except (ApiError, ValidationError) as exc:  # a stored setting outside today's limits is a ValidationError
+        reason = exc.message if isinstance(exc, ApiError) else "its settings no longer pass validation"
+        flash(f"Job {job_id} was not re-submitted: {reason}", "error")
+        return redirect(url_for("console.job", job_id=job_id), code=303)
+    flash(f"Job {new['id']}: a re-submission of job {job_id}.", "info")
+    return redirect(url_for("console.job", job_id=new["id"]), code=303)
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -158,6 +211,9 @@ def job(job_id: int) -> ResponseReturnValue:
         return render_template("message.html", title="Job", message=f"No job {job_id}."), 404
     history = services().queue.history(job_id, caller.tenant, after_id=0, limit=TIMELINE_MAX) or []
     return render_template("job.html", job=jobs_api.present(row), history=history, final=TERMINAL_STATUSES,
+                           error=job_page.error_view(row.get("error")),
+                           # The stream resumes after the last row shown: what happens meanwhile is not missed.
+                           last_event_id=history[-1]["id"] if history and len(history) < TIMELINE_MAX else "",
                            retryable=TERMINAL_STATUSES - {"succeeded"},
                            events_url=_settings().console_events_url.rstrip("/"))
 

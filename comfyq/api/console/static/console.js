@@ -6,7 +6,7 @@
   if (!root || root.dataset.final) return;
   const $ = (id) => document.getElementById(id);
   const FINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
-  let lastId = null;
+  let lastId = root.dataset.lastEventId || null;  // the last timeline row rendered: resume after it
   let source = null;
   let retries = 0;
 
@@ -26,7 +26,7 @@
   function showOutputs(outputs) {
     const list = $("job-outputs");
     list.textContent = "";
-    outputs.forEach((_, i) => {
+    outputs.forEach((output, i) => {
       const url = root.dataset.outputsUrl + i;
       const link = document.createElement("a");
       link.href = url;
@@ -35,17 +35,35 @@
       img.width = 160;
       img.alt = "output " + i + " of job " + root.dataset.jobId;
       link.appendChild(img);
+      const download = document.createElement("a");
+      download.href = url;
+      download.download = output.filename || "";
+      download.textContent = "Download";
+      download.setAttribute("aria-label", "Download output " + i + (output.filename ? " (" + output.filename + ")" : ""));
       const item = document.createElement("li");
-      item.appendChild(link);
+      item.append(link, download);
       list.appendChild(item);
     });
     $("job-no-outputs").hidden = outputs.length > 0;
   }
 
+  // The same fields as the server's rendering (comfyq/api/console/job_page.py error_view).
+  const SHOWN_DETAILS = ["node_type", "exception_type", "exception_message", "traceback"];
   function showError(error) {
     if (!error) return;
+    const details = error.details && typeof error.details === "object" ? error.details : {};
+    const node = error.node || details.node_id || "";
+    const rest = Object.fromEntries(Object.entries(details).filter(([key]) => !SHOWN_DETAILS.includes(key)));
+    $("job-error-type").textContent = error.type || "error";
+    $("job-error-message").textContent = error.message || "";
+    $("job-error-node").textContent = node && details.node_type ? node + " (" + details.node_type + ")" : node || "–";
+    $("job-error-exception").textContent = details.exception_type || "–";
+    $("job-error-retryable").textContent = error.retryable ? "yes" : "no";
+    $("job-error-traceback").textContent = details.traceback || "";
+    $("job-error-traceback-box").hidden = !details.traceback;
+    $("job-error-details").textContent = Object.keys(rest).length ? JSON.stringify(rest, null, 2) : "";
+    $("job-error-details-box").hidden = !Object.keys(rest).length;
     $("job-error").hidden = false;
-    $("job-error").querySelector("pre").textContent = JSON.stringify(error, null, 2);
   }
 
   function addTimeline(m) {
@@ -84,6 +102,8 @@
       say("Finished.");
       const cancel = $("job-cancel");
       if (cancel) cancel.hidden = true;
+      const retry = $("job-retry");  // rendered hidden while the job ran: failed, canceled and expired jobs retry
+      if (retry && (m.status || m.job.status) !== "succeeded") retry.hidden = false;
     }
   }
 
