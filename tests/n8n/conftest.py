@@ -13,6 +13,7 @@ import email.policy
 import json
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -213,6 +214,45 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
             process.stop(timeout=20)
         smtp.stop()
         slack.close()
+
+
+@dataclass
+class Prepared:
+    """A user folder that `n8nctl.prepare` made from the committed workflows, as `make n8n` makes one, once per
+    session: a prepare is about a dozen n8n CLI runs (each one boots n8n), so the tests that need a freshly prepared
+    instance of their own get a copy of this one instead, in the same state."""
+
+    folder: Path
+    extra: dict[str, str]  # the configuration it was prepared with (n8nctl.n8n_env's `extra`)
+
+    def copy(self, folder: Path) -> dict[str, str]:
+        """The prepared user folder copied to `folder`, and its configuration with ports of its own."""
+        shutil.copytree(self.folder, folder)
+        return n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(), base=_clean_base_env(),
+                              extra=self.extra)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory, server_url: str, template_db: str) -> Iterator[Prepared]:
+    """Against a migrated database of its own; the owner comes from the environment as in `make n8n`, and whatever
+    a published workflow of a copy started as a server would send goes to a port where nothing listens."""
+    assert n8nctl.is_installed(), "n8n/node_modules is not at the locked version: run `make n8n-install`"
+    folder = tmp_path_factory.mktemp("n8n-prepared") / "user"
+    nowhere = free_port()
+    with scratch_database(server_url, template_db) as db_url:
+        extra = {
+            **n8nctl.postgres_env(db_url),
+            "N8N_ENCRYPTION_KEY": secrets.token_hex(24),
+            "COMFYQ_API_URL": f"http://127.0.0.1:{nowhere}",
+            "COMFYQ_SLACK_API_URL": f"http://127.0.0.1:{nowhere}/api",
+            "COMFYQ_SMTP_HOST": "127.0.0.1",
+            "COMFYQ_SMTP_PORT": str(nowhere),
+            "COMFYQ_N8N_OWNER_EMAIL": "owner@example.test",
+            "COMFYQ_N8N_OWNER_PASSWORD": "owner-" + secrets.token_hex(8),
+        }
+        n8nctl.prepare(n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(), base=_clean_base_env(),
+                                      extra=extra))
+        yield Prepared(folder, extra)
 
 
 def _fast_monitor_copy(folder: Path) -> Path:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 import shutil
 import sqlite3
 import time
@@ -28,8 +27,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, sync_playwright
 
 from n8n import n8nctl
-from tests.e2e_support import free_port
-from tests.n8n.conftest import _clean_base_env, _start_n8n
+from tests.n8n.conftest import Prepared, _start_n8n
 
 LOG = logging.getLogger(__name__)
 pytestmark = [pytest.mark.n8n, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -104,30 +102,19 @@ class EditorTraffic:
 
 
 @pytest.fixture
-def editor(tmp_path: Path, db_url: str) -> Iterator[Editor]:
-    """Its own user folder, database and ports. Published workflows run on their schedules meanwhile, against the
-    test's own database; whatever they would send goes to a port where nothing listens."""
-    assert n8nctl.is_installed(), "n8n/node_modules is not at the locked version: run `make n8n-install`"
+def editor(tmp_path: Path, prepared: Prepared) -> Iterator[Editor]:
+    """Its own user folder (a copy of the session's prepared one) and ports. Published workflows run on their
+    schedules meanwhile, against the prepared instance's own database; whatever they would send goes to a port
+    where nothing listens."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `make system-tools` (Debian's chromium)"
-    port, nowhere = free_port(), free_port()
-    email, password = "owner@example.test", "owner-" + secrets.token_hex(8)
-    env = n8nctl.n8n_env(tmp_path / "user", port=port, broker_port=free_port(), base=_clean_base_env(), extra={
-        **n8nctl.postgres_env(db_url),
-        "N8N_ENCRYPTION_KEY": secrets.token_hex(24),
-        "COMFYQ_API_URL": f"http://127.0.0.1:{nowhere}",
-        "COMFYQ_SLACK_API_URL": f"http://127.0.0.1:{nowhere}/api",
-        "COMFYQ_SMTP_HOST": "127.0.0.1",
-        "COMFYQ_SMTP_PORT": str(nowhere),
-        "COMFYQ_N8N_OWNER_EMAIL": email,
-        "COMFYQ_N8N_OWNER_PASSWORD": password,
-    })
-    n8nctl.prepare(env)
+    env = prepared.copy(tmp_path / "user")
     run_env = n8nctl.runtime_env(env)
     run_env.update(n8nctl.owner_env(env))
-    base_url = f"http://127.0.0.1:{port}"
+    base_url = f"http://127.0.0.1:{env['N8N_PORT']}"
     process = _start_n8n(run_env, tmp_path / "logs", base_url)
     try:
-        yield Editor(base_url=base_url, env=env, email=email, password=password)
+        yield Editor(base_url=base_url, env=env, email=env["COMFYQ_N8N_OWNER_EMAIL"],
+                     password=env["COMFYQ_N8N_OWNER_PASSWORD"])
     finally:
         process.stop(timeout=20)
 

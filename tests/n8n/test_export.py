@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from n8n import n8nctl
-from tests.n8n.conftest import N8n
+from tests.n8n.conftest import Prepared
 
 pytestmark = [pytest.mark.n8n, pytest.mark.slow]
 
@@ -25,12 +25,10 @@ def _placeholders(folder: Path) -> None:
 
 
 @pytest.fixture
-def instance(tmp_path: Path, n8n: N8n) -> dict[str, str]:
-    """A fresh user folder (no server: the CLI imports and exports), prepared as `make n8n` does."""
-    env = dict(n8n.config)
-    env["N8N_USER_FOLDER"] = str(tmp_path / "user")
-    n8nctl.prepare(env)
-    return env
+def instance(tmp_path: Path, prepared: Prepared) -> dict[str, str]:
+    """A user folder of the test's own (no server: the CLI imports and exports), prepared as `make n8n` does: a copy
+    of the session's prepared one."""
+    return prepared.copy(tmp_path / "user")
 
 
 def test_import_then_export_gives_the_committed_files_back_byte_for_byte(instance: dict[str, str],
