@@ -52,8 +52,9 @@ def succeeded(sql: Any) -> int:
 
 def test_comfyui_killed_five_times_loses_nothing_and_spends_no_attempt(stack: Stack, queue: JobQueue, sql: Any,
                                                                      record_figure: Any) -> None:
-    """kill -9 of ComfyUI five times during a 1,000-job run with 2 workers, 3-8 s down each (the port refuses
-    while the new one starts, as the real ComfyUI loading its nodes), default outage settings."""
+    """kill -9 of ComfyUI five times during a 1,000-job run with 2 workers, default outage settings. The port
+    refuses while the new one starts, as the real ComfyUI loading its nodes: 6-13 s after the last kill (a real
+    ComfyUI's restart, which the workers' backoff of 1, 2, 4, 8 s has to outlast), 1-2 s after the others."""
     total = 1000
     proc, url = stack.standin("--node-seconds", "0.01")
     port = int(url.rsplit(":", 1)[1])
@@ -64,8 +65,8 @@ def test_comfyui_killed_five_times_loses_nothing_and_spends_no_attempt(stack: St
         wait_until(lambda k=kill: succeeded(sql) >= (k + 1) * total // 7, 180, f"progress before kill {kill + 1}")
         proc.kill()
         stack.processes.remove(proc)
-        proc, _ = stack.standin("--node-seconds", "0.01", "--startup-delay", "3-8", port=port,
-                                name=f"comfyui-standin-{kill + 2}")
+        proc, _ = stack.standin("--node-seconds", "0.01", "--startup-delay", "6-13" if kill == 4 else "1-2",
+                                port=port, name=f"comfyui-standin-{kill + 2}")
     wait_until(lambda: succeeded(sql) == total, 300, "every job to succeed")
     elapsed = time.monotonic() - started
     assert all(w.running() for w in workers), "a worker exited during the outages"
@@ -78,10 +79,11 @@ def test_comfyui_killed_five_times_loses_nothing_and_spends_no_attempt(stack: St
 
 
 def test_silent_websocket_every_job_finishes_through_history(stack: Stack, queue: JobQueue, sql: Any) -> None:
-    """The socket stays open but carries no event: every prompt's end is still found through /history."""
+    """The socket stays open but carries no event: every prompt's end is still found through /history (looked up
+    after COMFYQ_HISTORY_POLL_SECONDS without an event: 0.5 s here instead of 2, so that 20 jobs take seconds)."""
     stack.standin("--ws-silent")
     queue.enqueue_many([NewJob(graph=tiny(i)) for i in range(20)])
-    assert stack.worker("w1", "--burst").wait(120) == 0
+    assert stack.worker("w1", "--burst", history_poll_seconds="0.5").wait(120) == 0
     result = counts(sql)
     assert result["succeeded"] == 20 and result["attempts_spent_on_outages"] == 0
 
@@ -136,8 +138,9 @@ def test_double_sigterm_while_comfyui_is_down_exits_within_5s_and_hands_jobs_bac
 
 def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue, sql: Any, tmp_path: Path,
                                                  record_figure: Any) -> None:
-    """Output storage read-only for 30 s, then full for 20 s, during an 800-job run: the outputs wait in ComfyUI,
-    storing is retried, and no job fails or succeeds without its file."""
+    """Output storage read-only for 15 s, then full for 10 s, during an 800-job run: the outputs wait in ComfyUI,
+    storing is retried, and no job fails or succeeds without its file. Each outage outlasts two 5 s leases and the
+    backoff's 5 s ceiling, so storing is tried again at the ceiling while the leases are kept."""
     total = 800
     with mounted_tmpfs(tmp_path / "storage", size="32m") as disk:
         stack.storage_dir = disk.path
@@ -148,7 +151,7 @@ def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue,
         disk.read_only()
         try:
             worker.wait_for(r"storage unavailable", timeout=20)
-            time.sleep(30)
+            time.sleep(15)
         finally:
             disk.writable()
         filler = disk.path / "filler"
@@ -158,7 +161,7 @@ def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue,
                     handle.write(b"\0" * 65536)
                     handle.flush()
         during_full = succeeded(sql)
-        time.sleep(20)
+        time.sleep(10)
         assert succeeded(sql) == during_full  # nothing could be stored meanwhile
         filler.unlink()
         wait_until(lambda: succeeded(sql) == total, 240, "every job after the storage outage")
@@ -169,7 +172,7 @@ def test_storage_read_only_then_full_fails_no_job(stack: Stack, queue: JobQueue,
         sql.execute("SELECT count(*) FROM job_logs WHERE event = 'outage' AND details ->> 'dependency' = 'storage'")
         outage_events = int(sql.fetchone()[0])
         assert worker.stop(timeout=15) == 0
-    record_figure("storage read-only 30 s then full 20 s, 800 jobs",
+    record_figure("storage read-only 15 s then full 10 s, 800 jobs",
                   f"{result}; outputs missing: {missing}; outage events: {outage_events}")
     assert result["failed"] == 0 and result["succeeded"] == total and result["attempts_spent_on_outages"] == 0
     assert missing == 0 and outage_events >= 1
