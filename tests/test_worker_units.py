@@ -21,6 +21,7 @@ from comfyq.jobs import ClaimedJob, JobQueue, Lease, NewJob
 from comfyq.settings import Settings
 from comfyq.storage import LocalStorage, StoredObject
 from comfyq.worker.attempt import Attempt, InvalidTransition, Outcome, State
+from comfyq.worker.cancel_listener import WAIT_SLICE_SECONDS, CancelListener
 from comfyq.worker.comfy_client import ComfyClient
 from comfyq.worker.comfy_socket import ComfySocket
 from comfyq.worker.finisher import Finisher
@@ -321,3 +322,24 @@ def test_a_lease_lost_while_waiting_for_storage_writes_nothing(stack: Stack, db:
     assert recorded == ["lost"]
     row = queue.get(attempt.job.id, "default")
     assert row is not None and row["status"] == "running" and row["outputs"] in (None, [])
+
+
+# The cancel listener ------------------------------------------------------------------------------------
+def test_the_cancel_listener_hears_a_cancel_and_its_close_does_not_wait_out_a_slice(queue: JobQueue,
+                                                                                      sql: Any) -> None:
+    """close() wakes the LISTEN wait through a pipe: a worker's shutdown (every --burst exit and SIGTERM) used to
+    wait up to a whole wait slice (WAIT_SLICE_SECONDS, 1 s) for the thread."""
+    heard: list[int] = []
+    listener = CancelListener(queue, heard.append).start()
+    try:
+        def notified() -> list[int]:
+            sql.execute("SELECT pg_notify('comfyq_cancel', '42')")  # until the listener has said LISTEN
+            return heard
+        wait_until(notified, 10, "the listener to hear the cancel", interval=0.05)
+        time.sleep(0.1)  # back in its wait on the LISTEN socket
+    finally:
+        started = time.monotonic()
+        listener.close()
+        took = time.monotonic() - started
+    assert set(heard) == {42}
+    assert took < WAIT_SLICE_SECONDS / 4, f"close() took {took:.2f} s"
