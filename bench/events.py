@@ -120,6 +120,30 @@ def _start_events(work: Path, url: str, api_url: str) -> tuple[ManagedProcess, s
     return events, match.group(2), int(match.group(3))
 
 
+@dataclass
+class Running:
+    events: ManagedProcess
+    host: str
+    port: int
+    comfy_url: str
+
+
+def _stack(work: Path, url: str, stack: contextlib.ExitStack, *, workers: int, name: str, node_seconds: float,
+           api_url: str = "http://127.0.0.1:9", worker_env: dict[str, str] | None = None) -> Running:
+    """The stand-in, the events process and `workers` real workers on database `url`, each stopped by `stack`."""
+    standin, comfy_url = start_standin(work / "logs", work / "comfyui-output",
+                                       args=("--node-seconds", str(node_seconds)))
+    stack.callback(standin.stop)
+    events, host, port = _start_events(work, url, api_url)
+    stack.callback(events.stop)
+    for index in range(workers):
+        worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
+                                              "COMFYQ_STORAGE_DIR": str(work / "outputs"), "COMFYQ_LOG_LEVEL": "INFO",
+                                              **(worker_env or {})}, name=f"{name}-{index}")
+        stack.callback(worker.stop)
+    return Running(events, host, port, comfy_url)
+
+
 async def _open_all(host: str, port: int, token: str, specs: list[tuple[str, int | None]]) -> list[StreamReader]:
     """Open every stream (kind, job id or None), a group at a time, and wait until each is ready."""
     readers: list[StreamReader] = []
@@ -157,17 +181,10 @@ def stream_run(work: Path, *, per_job: int, tenant_wide: int, jobs: int, node_se
     assert per_job <= jobs
     with scratch_database(work) as (url, db), contextlib.ExitStack() as stack:
         token = tokens.create(db, "default", "submitter").token
-        standin, comfy_url = start_standin(work / "logs", work / "comfyui-output",
-                                           args=("--node-seconds", str(node_seconds)))
-        stack.callback(standin.stop)
-        events, host, port = _start_events(work, url, "http://127.0.0.1:9")
-        stack.callback(events.stop)
-        for index in range(workers):  # started first: a worker's start-up burst of CPU is not part of the run
-            worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
-                                                  "COMFYQ_STORAGE_DIR": str(work / "outputs"),
-                                                  "COMFYQ_POLL_INTERVAL_SECONDS": "0.2",
-                                                  "COMFYQ_LOG_LEVEL": "INFO"}, name=f"events-worker-{index}")
-            stack.callback(worker.stop)
+        # The workers start first: a worker's start-up burst of CPU is not part of the run.
+        running = _stack(work, url, stack, workers=workers, name="events-worker", node_seconds=node_seconds,
+                         worker_env={"COMFYQ_POLL_INTERVAL_SECONDS": "0.2"})
+        events, host, port = running.events, running.host, running.port
         held = datetime.now(UTC) + timedelta(hours=1)  # queued, not due until every stream is open
         job_ids = [int(row["id"]) for row in JobQueue(db).enqueue_many(
             [NewJob(graph=GRAPH, run_at=held) for _ in range(jobs)])]
@@ -279,15 +296,8 @@ def submit_rate(work: Path, quick: bool) -> list[Figure]:
         api = comfyq_api(work, {"DATABASE_URL": url, "COMFYQ_API_TOKEN": SUBMIT_TOKEN})
         stack.callback(api.stop)
         token = tokens.create(db, "default", "submitter").token
-        standin, comfy_url = start_standin(work / "logs", work / "comfyui-output", args=("--node-seconds", "0.02"))
-        stack.callback(standin.stop)
-        events, host, port = _start_events(work, url, api.url)
-        stack.callback(events.stop)
-        for index in range(2):
-            worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
-                                                  "COMFYQ_STORAGE_DIR": str(work / "outputs"),
-                                                  "COMFYQ_LOG_LEVEL": "INFO"}, name=f"submit-worker-{index}")
-            stack.callback(worker.stop)
+        running = _stack(work, url, stack, workers=2, name="submit-worker", node_seconds=0.02, api_url=api.url)
+        host, port = running.host, running.port
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
         queue = JobQueue(db)
@@ -325,14 +335,8 @@ def wait_breakdown(work: Path, quick: bool) -> list[Figure]:
         api = comfyq_api(work, {"DATABASE_URL": url}, workers=2)
         stack.callback(api.stop)
         token = tokens.create(db, "default", "submitter").token
-        standin, comfy_url = start_standin(work / "logs", work / "comfyui-output", args=("--node-seconds", "0.02"))
-        stack.callback(standin.stop)
-        events, host, port = _start_events(work, url, api.url)
-        stack.callback(events.stop)
-        worker = start_worker(work / "logs", {"DATABASE_URL": url, "COMFYUI_URL": comfy_url,
-                                              "COMFYQ_STORAGE_DIR": str(work / "outputs"),
-                                              "COMFYQ_LOG_LEVEL": "INFO"}, name="wait-worker")
-        stack.callback(worker.stop)
+        running = _stack(work, url, stack, workers=1, name="wait-worker", node_seconds=0.02, api_url=api.url)
+        host, port, comfy_url = running.host, running.port, running.comfy_url
         session = requests.Session()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         queue = JobQueue(db)
