@@ -138,10 +138,21 @@ class N8n:
         return [str(post["text"]) for post in list(self.slack.posts)]
 
 
-def _clean_base_env() -> dict[str, str]:
-    """The test's environment without anything that configures n8n or the workflows from the developer's shell."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("N8N_", "DB_", "COMFYQ_", "WEBHOOK_URL", "DATABASE_URL"))}
+def _clean_base_env(compile_cache: Path) -> dict[str, str]:
+    """The test's environment without anything that configures n8n or the workflows from the developer's shell, and
+    with the run's Node code cache."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("N8N_", "DB_", "COMFYQ_", "WEBHOOK_URL", "DATABASE_URL"))}
+    env["NODE_COMPILE_CACHE"] = str(compile_cache)
+    return env
+
+
+@pytest.fixture(scope="session")
+def node_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Node's code cache (NODE_COMPILE_CACHE) for every n8n process of the run: each n8n CLI command boots n8n and
+    compiles the same modules again, and a prepare is about a dozen of them; cached, a prepare takes a fifth less.
+    Node checks each entry against its source, so n8n runs the same code."""
+    return tmp_path_factory.mktemp("node-compile-cache")
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +163,7 @@ def n8n_db_url(server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N8n]:
+def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str, node_compile_cache: Path) -> Iterator[N8n]:
     assert n8nctl.is_installed(), "n8n/node_modules is not at the locked version: run `make n8n-install`"
     root = tmp_path_factory.mktemp("n8n")
     log_dir, storage_dir = root / "logs", root / "outputs"
@@ -176,7 +187,8 @@ def n8n(tmp_path_factory: pytest.TempPathFactory, n8n_db_url: str) -> Iterator[N
         port = free_port()
         events_url = f"http://127.0.0.1:{free_port()}"
         webhook_key = secrets.token_urlsafe(24)
-        env = n8nctl.n8n_env(root / "user", port=port, broker_port=free_port(), base=_clean_base_env(), extra={
+        env = n8nctl.n8n_env(root / "user", port=port, broker_port=free_port(),
+                             base=_clean_base_env(node_compile_cache), extra={
             **n8nctl.postgres_env(n8n_db_url),
             "N8N_ENCRYPTION_KEY": secrets.token_hex(24),
             "COMFYQ_API_URL": api_url,
@@ -224,16 +236,18 @@ class Prepared:
 
     folder: Path
     extra: dict[str, str]  # the configuration it was prepared with (n8nctl.n8n_env's `extra`)
+    compile_cache: Path
 
     def copy(self, folder: Path) -> dict[str, str]:
         """The prepared user folder copied to `folder`, and its configuration with ports of its own."""
         shutil.copytree(self.folder, folder)
-        return n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(), base=_clean_base_env(),
-                              extra=self.extra)
+        return n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(),
+                              base=_clean_base_env(self.compile_cache), extra=self.extra)
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory: pytest.TempPathFactory, server_url: str, template_db: str) -> Iterator[Prepared]:
+def prepared(tmp_path_factory: pytest.TempPathFactory, server_url: str, template_db: str,
+             node_compile_cache: Path) -> Iterator[Prepared]:
     """Against a migrated database of its own; the owner comes from the environment as in `make n8n`, and whatever
     a published workflow of a copy started as a server would send goes to a port where nothing listens."""
     assert n8nctl.is_installed(), "n8n/node_modules is not at the locked version: run `make n8n-install`"
@@ -250,9 +264,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, server_url: str, template
             "COMFYQ_N8N_OWNER_EMAIL": "owner@example.test",
             "COMFYQ_N8N_OWNER_PASSWORD": "owner-" + secrets.token_hex(8),
         }
-        n8nctl.prepare(n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(), base=_clean_base_env(),
-                                      extra=extra))
-        yield Prepared(folder, extra)
+        n8nctl.prepare(n8nctl.n8n_env(folder, port=free_port(), broker_port=free_port(),
+                                      base=_clean_base_env(node_compile_cache), extra=extra))
+        yield Prepared(folder, extra, node_compile_cache)
 
 
 def _fast_monitor_copy(folder: Path) -> Path:
