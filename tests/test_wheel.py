@@ -28,6 +28,9 @@ def test_the_wheel_carries_the_sql_the_templates_and_the_gunicorn_config(wheel: 
     assert "comfyq_sql/migrations/0001_initial.sql" in names and "comfyq_sql/queries/jobs.sql" in names
     assert any(re.fullmatch(r"comfyq_workflows/txt2img/.*\.json", n) for n in names)
     assert "comfyq/api/gunicorn_conf.py" in names
+    # The web console: its code, templates and assets (a package missing from pyproject's list stops the API).
+    assert {"comfyq/api/console/views.py", "comfyq/api/console/templates/job.html",
+            "comfyq/api/console/static/console.js", "comfyq/api/console/static/console.css"} <= set(names)
 
 
 @pytest.fixture
