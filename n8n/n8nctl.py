@@ -324,10 +324,18 @@ def import_workflows(run_env: Mapping[str, str], *folders: Path) -> None:
     operator's other workflows stay as they are). The import deactivates a published workflow itself, but through
     a permission check that the CLI's owner fails ("You do not have permission to deactivate this workflow"), so a
     second `make n8n` on the same user folder would stop there; `unpublish:workflow` changes the database
-    directly. Whoever imports publishes again (prepare does)."""
+    directly. Whoever imports publishes again (prepare does). When every published workflow is one of them (a
+    second `make n8n`), one `unpublish:workflow --all` does it: each n8n command boots n8n, several seconds."""
     ids = {str(wf["id"]) for folder in folders for wf in workflows(folder)}
-    listed = cli(run_env, "list:workflow", "--active=true", "--onlyId")
-    for workflow_id in sorted(ids & {line.strip() for line in listed.splitlines()}):
+    listed = {line.strip() for line in cli(run_env, "list:workflow", "--active=true", "--onlyId").splitlines()}
+    listed.discard("")
+    published = sorted(ids & listed)
+    if len(published) > 1 and listed <= ids:
+        out = cli(run_env, "unpublish:workflow", "--all")
+        if "unpublished successfully" not in out:
+            raise N8nError(f"unpublishing {', '.join(published)} before the import failed:\n{out[-4000:]}")
+        published = []
+    for workflow_id in published:
         out = cli(run_env, "unpublish:workflow", f"--id={workflow_id}")
         if "unpublished successfully" not in out:
             raise N8nError(f"unpublishing {workflow_id} before the import failed:\n{out[-4000:]}")
