@@ -12,7 +12,6 @@ it sees a late commit exactly once, in id order. docs/events.md says what the bo
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from prometheus_client import Counter
 
 from comfyq.db import Database, Listener, Row
 from comfyq.errors import DatabaseError
+from comfyq.wake_pipe import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class JobEventFeed:
         self.gap_wait = gap_wait
         self.cursor: GapCursor | None = None
         self._closing = threading.Event()
-        self._wake_read, self._wake_write = os.pipe()  # close() ends the wait on the LISTEN socket at once
+        self._wake = WakePipe()  # close() ends the wait on the LISTEN socket at once
         self._thread = threading.Thread(target=self._run, name="job-event-feed", daemon=True)
         self.ready = threading.Event()  # set once the cursor is known and the channel is listened to
 
@@ -184,10 +184,10 @@ class JobEventFeed:
 
     def close(self) -> None:
         self._closing.set()
-        os.write(self._wake_write, b"x")
+        self._wake.wake()
         self._thread.join(timeout=self.poll_seconds + 2)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        if not self._thread.is_alive():  # never close a descriptor the thread may still be waiting on
+            self._wake.close()
 
     def _run(self) -> None:
         listener: Listener | None = None
@@ -203,7 +203,7 @@ class JobEventFeed:
                     self.ready.set()
                     self._catch_up()  # anything committed while the connection was down
                 else:
-                    received = listener.notifications(self._next_wait(follow_up), (self._wake_read,))
+                    received = listener.notifications(self._next_wait(follow_up), (self._wake.read_fd,))
                     self._catch_up()
                 follow_up = bool(received)
                 progressed = sorted({int(payload) for channel, payload in received

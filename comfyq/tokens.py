@@ -143,7 +143,12 @@ def public(row: Row) -> dict[str, Any]:
 
 def is_bootstrap(token: str, bootstrap: str | None) -> bool:
     """Whether token is the deployment's COMFYQ_API_TOKEN (compared in constant time)."""
-    return bool(bootstrap) and hmac.compare_digest(token.encode(), (bootstrap or "").encode())
+    return is_bootstrap_hash(hash_token(token), bootstrap)
+
+
+def is_bootstrap_hash(digest: str, bootstrap: str | None) -> bool:
+    """is_bootstrap() for a token known by its hash (the web console's session)."""
+    return bool(bootstrap) and hmac.compare_digest(digest, hash_token(bootstrap or ""))
 
 
 class CallerCache(Generic[T]):

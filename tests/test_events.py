@@ -20,12 +20,13 @@ import requests
 
 from comfyq.db import Database
 from comfyq.errors import DatabaseError
-from comfyq.events.auth import Caller, StreamTokens
 from comfyq.jobs import JobQueue, NewJob
 from comfyq.migrate import migrate
 from comfyq.processes import ManagedProcess
 from comfyq.settings import PROJECT_ROOT
 from comfyq.stack import start_api
+from comfyq.stream_tokens import StreamCaller as Caller
+from comfyq.stream_tokens import StreamTokens
 from comfyq.workflows import load_workflows
 from tests.e2e_support import TINY_GRAPH, Stack, wait_until
 from tests.support.api_app import bearer

@@ -120,6 +120,20 @@ def safe_succeeded(url: str) -> int:
         return -1
 
 
+def insert_jobs(url: str, count: int) -> None:
+    """`count` two-node jobs written straight into the test's own cluster (the API is not part of these tests)."""
+    conn = connect_once(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO job_queue (graph) SELECT jsonb_build_object('1', jsonb_build_object("
+                        "'class_type', 'EmptyImage', 'inputs', jsonb_build_object('width', 16, 'height', 16, "
+                        "'batch_size', 1, 'color', g %% 256)), '2', jsonb_build_object('class_type', 'SaveImage', "
+                        "'inputs', jsonb_build_object('images', jsonb_build_array('1', 0), 'filename_prefix', 't'))) "
+                        "FROM generate_series(1, %s) g", (count,))
+    finally:
+        conn.close()
+
+
 def run_counts(url: str) -> dict[str, int]:
     conn = connect_once(url)
     try:
@@ -185,16 +199,7 @@ def test_hung_postgres_is_an_outage_for_the_worker(stack: Stack, own_pg: Private
     timeout, the worker waits it out and finishes every job once, without exiting."""
     stack.db_url = own_pg.url
     stack.standin("--node-seconds", "0.02")
-    conn = connect_once(own_pg.url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("INSERT INTO job_queue (graph) SELECT jsonb_build_object('1', jsonb_build_object("
-                        "'class_type', 'EmptyImage', 'inputs', jsonb_build_object('width', 16, 'height', 16, "
-                        "'batch_size', 1, 'color', g % 256)), '2', jsonb_build_object('class_type', 'SaveImage', "
-                        "'inputs', jsonb_build_object('images', jsonb_build_array('1', 0), 'filename_prefix', 't'))) "
-                        "FROM generate_series(1, 150) g")
-    finally:
-        conn.close()
+    insert_jobs(own_pg.url, 150)
     worker = stack.worker("w1", lease_seconds="60", heartbeat_seconds="2", db_io_timeout_seconds="2",
                           db_connect_timeout="2", outage_backoff_max_seconds="3")
     wait_until(lambda: succeeded(own_pg.url) >= 20, 60, "jobs before the hang")
@@ -236,13 +241,5 @@ def test_a_worker_waits_out_a_database_outage_without_spinning(stack: Stack, own
         own_pg.start()
     record_figure("worker CPU while the database is down", f"{share:.1%} of a core")
     assert share < 0.10, f"the worker used {share:.0%} of a core while the database was down"
-    conn = connect_once(own_pg.url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("INSERT INTO job_queue (graph) VALUES (jsonb_build_object('1', jsonb_build_object("
-                        "'class_type', 'EmptyImage', 'inputs', jsonb_build_object('width', 8, 'height', 8, "
-                        "'batch_size', 1, 'color', 0)), '2', jsonb_build_object('class_type', 'SaveImage', "
-                        "'inputs', jsonb_build_object('images', jsonb_build_array('1', 0), 'filename_prefix', 't'))))")
-    finally:
-        conn.close()
+    insert_jobs(own_pg.url, 1)
     wait_until(lambda: succeeded(own_pg.url) == 1, 60, "a job after the database came back")

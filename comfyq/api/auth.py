@@ -7,7 +7,6 @@ minute per process, with how many uses it stands for) and the settings refuse a 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -81,16 +80,8 @@ def _unauthorized(message: str = "a valid 'Authorization: Bearer <token>' header
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="comfyq"'})
 
 
-def _resolve(token: str, settings: Settings) -> Caller | None:
-    return _resolve_hash(tokens.hash_token(token), settings)
-
-
-def _is_bootstrap_hash(digest: str, settings: Settings) -> bool:
-    return bool(settings.api_token) and hmac.compare_digest(digest, tokens.hash_token(settings.api_token or ""))
-
-
 def _resolve_hash(digest: str, settings: Settings) -> Caller | None:
-    if _is_bootstrap_hash(digest, settings):
+    if tokens.is_bootstrap_hash(digest, settings.api_token):
         limits = tokens.tenant_limits(services().db, settings.api_tenant) or {}
         return Caller(tenant=settings.api_tenant, role="operator", allow_raw_graphs=True,
                       max_queued_jobs=limits.get("max_queued_jobs"), rate_per_second=limits.get("rate_per_second"),
@@ -109,6 +100,14 @@ def caller_for_hash(digest: str) -> Caller | None:
     """The caller behind a token known by its SHA-256 hash (the web console's session keeps the hash, never the
     token): the same lookup, cache and bootstrap-token rules as a bearer token, so revoking a token ends the
     console sessions signed in with it within COMFYQ_TOKEN_CACHE_SECONDS."""
+    caller = _cached_caller(digest)
+    if caller is not None:
+        g.caller = caller
+    return caller
+
+
+def _cached_caller(digest: str) -> Caller | None:
+    """The caller behind a token's hash, from the cache or resolved and cached; a bootstrap use is counted."""
     settings: Settings = current_app.config["COMFYQ_SETTINGS"]
     known, caller = _cache.get_by_hash(digest)
     if not known:
@@ -116,8 +115,6 @@ def caller_for_hash(digest: str) -> Caller | None:
         _cache.put_by_hash(digest, caller, settings.token_cache_seconds)
     if caller is not None and caller.bootstrap:
         _note_bootstrap_use()
-    if caller is not None:
-        g.caller = caller
     return caller
 
 
@@ -127,15 +124,9 @@ def require_token(role: str = "submitter") -> Caller:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized()
-    settings: Settings = current_app.config["COMFYQ_SETTINGS"]
-    known, caller = _cache.get(token)
-    if not known:
-        caller = _resolve(token, settings)
-        _cache.put(token, caller, settings.token_cache_seconds)
+    caller = _cached_caller(tokens.hash_token(token))
     if caller is None:
         raise _unauthorized()
-    if caller.bootstrap:
-        _note_bootstrap_use()
     if ROLE_RANK[caller.role] < ROLE_RANK[role]:
         raise ApiError(403, "forbidden", f"this needs a token with the {role} role")
     g.caller = caller

@@ -26,12 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from comfyq.db import Database
 from comfyq.errors import DatabaseUnavailable
-from comfyq.events.auth import Caller, StreamTokens, TokenCache, Unauthorized, bearer_token
+from comfyq.events.auth import TokenCache, bearer_token
 from comfyq.events.hub import Hub, Interest, Subscriber, SubscriberState
 from comfyq.job_events import FINAL_STATUSES, READ_LIMIT, EventLog, JobEvent
 from comfyq.job_view import present_job, present_outputs
 from comfyq.settings import Settings
 from comfyq.storage import Storage
+from comfyq.stream_tokens import InvalidStreamToken, StreamCaller, StreamTokens
 
 log = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1
@@ -98,7 +99,7 @@ async def _blocking(call: Callable[[], T]) -> T:
                      {"Retry-After": "5"}) from exc
 
 
-async def _caller(request: web.Request) -> Caller:
+async def _caller(request: web.Request) -> StreamCaller:
     """A bearer token in the Authorization header, or a stream token in `?stream_token=` (never a bearer token
     in the URL)."""
     services = _services(request)
@@ -118,7 +119,7 @@ async def _caller(request: web.Request) -> Caller:
     if stream_token:
         try:
             return services.stream_tokens.redeem(stream_token)
-        except Unauthorized as exc:
+        except InvalidStreamToken as exc:
             raise _error(401, "unauthorized", str(exc), challenge) from exc
     raise _error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header (or a stream token from "
                  "POST /events/token) is required", challenge)
@@ -425,7 +426,7 @@ async def submit_and_wait(request: web.Request) -> web.Response:
     return await _wait_for(request, caller, job_id, seconds)
 
 
-async def _wait_for(request: web.Request, caller: Caller, job_id: int, seconds: float) -> web.Response:
+async def _wait_for(request: web.Request, caller: StreamCaller, job_id: int, seconds: float) -> web.Response:
     services = _services(request)
     subscriber = services.hub.subscribe(Interest(caller.tenant, job_id=job_id), "wait")
     try:

@@ -15,13 +15,7 @@ from __future__ import annotations
 from comfyq import tokens
 from comfyq.db import Database
 from comfyq.settings import Settings
-from comfyq.stream_tokens import InvalidStreamToken, StreamCaller, StreamTokens
-
-__all__ = ["Caller", "StreamTokens", "TokenCache", "Unauthorized", "bearer_token"]
-
-
-Caller = StreamCaller  # who is asking: a tenant and a role
-Unauthorized = InvalidStreamToken  # no valid stream token: 401
+from comfyq.stream_tokens import StreamCaller as Caller
 
 
 class TokenCache:

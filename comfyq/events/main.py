@@ -11,12 +11,13 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from comfyq.connect import open_database
 from comfyq.events.app import EventsServices, build_app
-from comfyq.events.auth import StreamTokens, TokenCache
+from comfyq.events.auth import TokenCache
 from comfyq.events.hub import Hub
 from comfyq.job_events import EventLog, JobEvent, JobEventFeed
 from comfyq.logs import configure
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
+from comfyq.stream_tokens import StreamTokens
 
 log = logging.getLogger(__name__)
 READY_LINE = "comfyq events listening on http://%s:%d"

@@ -5,12 +5,12 @@ rather than at the next heartbeat, which stays the fallback while this connectio
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 from comfyq.errors import DatabaseUnavailable
 from comfyq.jobs import JobQueue
+from comfyq.wake_pipe import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class CancelListener:
         self.on_cancel = on_cancel
         self._closing = threading.Event()
         # close() ends the wait on the LISTEN socket at once: a worker's shutdown does not wait out a wait slice.
-        self._wake_read, self._wake_write = os.pipe()
+        self._wake = WakePipe()
         self._thread = threading.Thread(target=self._run, name="cancel-listener", daemon=True)
 
     def start(self) -> CancelListener:
@@ -37,18 +37,17 @@ class CancelListener:
         if self._closing.is_set():
             return
         self._closing.set()
-        os.write(self._wake_write, b"x")
+        self._wake.wake()
         self._thread.join(timeout=WAIT_SLICE_SECONDS + 1)
         if not self._thread.is_alive():  # never close a descriptor the thread may still be waiting on
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wake.close()
 
     def _run(self) -> None:
         listener = self.queue.listen_cancels()
         try:
             while not self._closing.is_set():
                 try:
-                    received = listener.notifications(WAIT_SLICE_SECONDS, (self._wake_read,))
+                    received = listener.notifications(WAIT_SLICE_SECONDS, (self._wake.read_fd,))
                 except DatabaseUnavailable as exc:
                     log.debug("cancel listener: %s", exc)
                     self._closing.wait(RECONNECT_SECONDS)

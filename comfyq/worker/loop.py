@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -28,6 +27,7 @@ from comfyq.netguard import AddressGuard
 from comfyq.settings import Settings
 from comfyq.storage import build_storage
 from comfyq.transport import Waiter, build_transport
+from comfyq.wake_pipe import WakePipe
 from comfyq.worker.attempt import Attempt
 from comfyq.worker.callbacks import CallbackSender, check_legacy_secret, store_legacy_secret
 from comfyq.worker.cancel_listener import CancelListener
@@ -50,33 +50,6 @@ SHUTDOWN_DEADLINE_SECONDS = 4.5  # after the second signal; the brief promises a
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-class WakePipe:
-    """The one way to wake the main loop: any thread (or a signal handler) writes a byte; the loop selects on
-    the read end together with its LISTEN connection."""
-
-    def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self._write_fd, False)
-
-    def wake(self) -> None:
-        try:
-            os.write(self._write_fd, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is already due to wake
-
-    def sleep(self, seconds: float) -> None:
-        select.select([self.read_fd], [], [], max(0.0, seconds))
-        self.drain()
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
 
 class Worker:
